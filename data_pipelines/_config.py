@@ -1,0 +1,65 @@
+"""The `config.data` section: defaults for every dataset."""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NAMES = ('movielens', 'amazon', 'google_local')
+# Words used by the stage-2 prompt templates, per dataset.
+NOUNS = {
+    'movielens': dict(item='movie', verb='watch', genre='genre'),
+    'amazon': dict(item='product', verb='review', genre='category'),
+    'google_local': dict(item='place', verb='visit', genre='category'),
+}
+
+
+def default_data_path() -> str:
+  """$USER_LLM_DATA, else ../shared/data/ml-latest-small next to the repo."""
+  return os.environ.get(
+      'USER_LLM_DATA',
+      os.path.normpath(os.path.join(_REPO, '..', 'shared', 'data',
+                                    'ml-latest-small')))
+
+
+def default_cache_dir() -> str:
+  """$USER_LLM_CACHE, else <repo>/cache/data (git-ignored)."""
+  return os.environ.get('USER_LLM_CACHE', os.path.join(_REPO, 'cache', 'data'))
+
+
+def default_data_config(name: str = 'movielens',
+                        path: str | None = None) -> ml_collections.ConfigDict:
+  """Returns the `config.data` section for dataset `name` read from `path`.
+
+  Fields marked (prep) change the preprocessed cache (a change rebuilds it); the
+  others only change how the Grain pipeline reads it.
+  """
+  if name not in NAMES:
+    raise ValueError(f'Unknown dataset {name!r}; expected one of {NAMES}.')
+  c = ml_collections.ConfigDict()
+  c.name = name  # (prep) 'movielens' | 'amazon' | 'google_local'.
+  c.path = path or default_data_path()  # (prep) Release folder (or review file).
+  c.reviews_file = ''  # (prep) Amazon/Google: explicit review file (else glob).
+  c.meta_file = ''  # (prep) Amazon/Google: explicit metadata file (else glob).
+  c.cache_dir = default_cache_dir()  # Preprocessed ArrayRecords + manifest.json.
+  c.seq_len = 50  # (prep) History events U per window (paper: 50; also 200, 500).
+  # (prep) Step between a user's windows. 1 makes every event a target once, the
+  # most stage-1 training data; raise it (e.g. seq_len) for fewer, disjoint windows.
+  c.stride = 1
+  c.min_events = -1  # (prep) Keep users with >= this many events; -1: seq_len + 2.
+  c.min_count = 1  # (prep) Training occurrences an item/genre needs for an id.
+  c.amazon_category_level = 1  # (prep) Level of the Amazon category path = genre.
+  c.features = ('item', 'genre', 'rating')  # Categorical features in batches.
+  c.strict = True  # (prep) Malformed row: raise (True) or skip and count (False).
+  c.text_prompt = False  # Stage 2: serialise the history as text in the prompt.
+  c.max_prompt_tokens = 64  # Stage 2: BOS + prompt budget (text mode: e.g. 1024).
+  c.max_answer_tokens = 32  # Stage 2: answer + EOS budget (review: e.g. 128).
+  c.tokenizer_path = ''  # Gemma tokenizer.model; '' = ByteTokenizer (tests only).
+  return c
+
+
+# Fields that change the preprocessed data (and hence the cache key).
+PREP_FIELDS = ('name', 'reviews_file', 'meta_file', 'seq_len', 'stride',
+               'min_events', 'min_count', 'amazon_category_level', 'strict')

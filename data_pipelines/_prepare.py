@@ -1,0 +1,214 @@
+"""`prepare`: read a release once, write ArrayRecords + manifest.json, reuse after.
+
+Cache layout, in `cache_dir/<name>_L<seq_len>_S<stride>_<config hash>/`:
+- timelines.array_record: one record per kept user (see _records.py);
+- windows_<split>.npy: int32[N, 3] rows (user record, target index, has_text);
+- vocabs.json, items.json: vocabularies and the item catalogue;
+- manifest.json: format version, preprocessing config, SHA-256 of every source
+  file, statistics and skip counters. A run whose config and source hashes match
+  the manifest reuses the directory; anything else rebuilds it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from typing import Any
+
+from absl import logging
+from array_record.python import array_record_module
+import grain
+import ml_collections
+import numpy as np
+
+from data_pipelines import _io, _movielens, _records, _reviews, _timelines
+from data_pipelines._config import NOUNS, PREP_FIELDS
+from data_pipelines._vocab import Vocab
+
+FORMAT_VERSION = 1
+SPLITS = _timelines.SPLITS
+
+
+@dataclasses.dataclass(frozen=True)
+class Catalogue:
+  """Items indexed by their 'item' vocabulary id (the ids Recall@K ranks).
+
+  Attributes:
+    names: str per item id; '<pad>' / '<oov>' at 0 and 1.
+    genre_ids: tuple of genre ids per item id (all the item's genres).
+    all_names: name per catalogue index (every item of the kept timelines,
+      including those the training vocabulary maps to OOV).
+    all_genres: genre strings per catalogue index.
+  """
+
+  names: list[str]
+  genre_ids: list[tuple[int, ...]]
+  all_names: list[str]
+  all_genres: list[tuple[str, ...]]
+
+
+def _prep_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  prep = {k: config.get(k) for k in PREP_FIELDS}
+  if prep['min_events'] is None or prep['min_events'] < 0:
+    prep['min_events'] = config.seq_len + 2
+  return prep
+
+
+def find_sources(config: ml_collections.ConfigDict) -> dict[str, str | None]:
+  """The source files of `config.data` (raises FileNotFoundError naming paths)."""
+  if config.name == 'movielens':
+    return _movielens.find_sources(config.path)
+  return _reviews.find_sources(config.name, config.path,
+                               config.get('reviews_file') or None,
+                               config.get('meta_file') or None)
+
+
+def _read(config, sources, log):
+  if config.name == 'movielens':
+    return _movielens.read_movielens(sources, log)
+  if config.name == 'amazon':
+    return _reviews.read_amazon(sources, log, config.amazon_category_level)
+  return _reviews.read_google_local(sources, log)
+
+
+class Prepared:
+  """A preprocessed dataset in its cache directory (cheap to construct)."""
+
+  def __init__(self, root: str):
+    self.root = root
+    with open(os.path.join(root, 'manifest.json')) as f:
+      self.manifest = json.load(f)
+    with open(os.path.join(root, 'vocabs.json')) as f:
+      self.vocabs = {k: Vocab(v) for k, v in json.load(f).items()}
+    with open(os.path.join(root, 'items.json')) as f:
+      items = json.load(f)
+    self.name: str = self.manifest['config']['name']
+    self.seq_len: int = self.manifest['config']['seq_len']
+    self.nouns: dict[str, str] = NOUNS[self.name]
+    self.catalogue = self._catalogue(items)
+    self.stats: dict[str, Any] = self.manifest['stats']
+
+  def _catalogue(self, items) -> Catalogue:
+    item_vocab, genre_vocab = self.vocabs['item'], self.vocabs['genre']
+    names = ['<pad>', '<oov>'] + [''] * (item_vocab.size - 2)
+    genre_ids: list[tuple[int, ...]] = [()] * item_vocab.size
+    for raw_id, name, genres in items:
+      i = item_vocab.id(raw_id)
+      if i > 1:
+        names[i], genre_ids[i] = name, tuple(genre_vocab.ids(genres))
+    return Catalogue(names, genre_ids, [it[1] for it in items],
+                     [tuple(it[2]) for it in items])
+
+  @property
+  def genres(self) -> list[str]:
+    """Genre (category) names by genre id, '<pad>' and '<oov>' first."""
+    return ['<pad>', '<oov>'] + self.vocabs['genre'].values
+
+  @property
+  def timelines_path(self) -> str:
+    return os.path.join(self.root, 'timelines.array_record')
+
+  def windows_path(self, split: str) -> str:
+    if split not in SPLITS:
+      raise ValueError(f'Unknown split {split!r}; expected one of {SPLITS}.')
+    return os.path.join(self.root, f'windows_{split}.npy')
+
+  def windows(self, split: str) -> np.ndarray:
+    """int32[N, 3]: (user record, target event index, target has text)."""
+    return np.load(self.windows_path(split))
+
+  def num_records(self, split: str) -> int:
+    """Number of windows (examples) in `split`."""
+    return int(self.manifest['num_records'][split])
+
+  @functools.cached_property
+  def timelines(self) -> grain.sources.ArrayRecordDataSource:
+    """Random access to the encoded per-user timelines."""
+    return grain.sources.ArrayRecordDataSource([self.timelines_path])
+
+  def timeline(self, user: int):
+    """Decoded timeline of user record `user`: (table, offsets, blob)."""
+    return _records.decode(self.timelines[user])
+
+  def __repr__(self) -> str:
+    return f'Prepared({self.root}, {self.manifest["num_records"]})'
+
+
+def _write(built: _timelines.Built, root: str) -> None:
+  writer = array_record_module.ArrayRecordWriter(
+      os.path.join(root, 'timelines.array_record'), 'group_size:1')
+  for t in built.timelines:
+    writer.write(_records.encode(t.table, t.texts))
+  writer.close()
+  for split, w in built.windows.items():
+    np.save(os.path.join(root, f'windows_{split}.npy'), w)
+  with open(os.path.join(root, 'vocabs.json'), 'w') as f:
+    json.dump({k: v.values for k, v in built.vocabs.items()}, f)
+  with open(os.path.join(root, 'items.json'), 'w') as f:
+    json.dump([list(i) for i in built.items], f, ensure_ascii=False)
+
+
+def _statistics(built: _timelines.Built, log: _io.ReadLog) -> dict[str, Any]:
+  return {
+      'users': len(built.timelines),
+      'items': len(built.items),
+      'events': int(sum(len(t.texts) for t in built.timelines)),
+      'windows': {s: int(len(w)) for s, w in built.windows.items()},
+      'vocab_sizes': {k: v.size for k, v in built.vocabs.items()},
+      'skipped': dict(sorted(log.counts.items())),
+  }
+
+
+def prepare(config: ml_collections.ConfigDict) -> Prepared:
+  """Preprocesses `config` (the `config.data` section) once; reuses the cache after.
+
+  Raises:
+    FileNotFoundError: a source file is missing (the message names the paths).
+    ValueError: a malformed row with strict=True (names file and line), or no
+      user long enough for a window.
+  """
+  sources = find_sources(config)
+  prep = _prep_config(config)
+  key = hashlib.sha256(json.dumps(prep, sort_keys=True).encode()).hexdigest()[:10]
+  root = os.path.join(config.cache_dir,
+                      f'{config.name}_L{config.seq_len}_S{config.stride}_{key}')
+  hashes = {role: _io.sha256_file(p) for role, p in sources.items() if p}
+  manifest_path = os.path.join(root, 'manifest.json')
+  if os.path.isfile(manifest_path):
+    with open(manifest_path) as f:
+      old = json.load(f)
+    if (old.get('version') == FORMAT_VERSION and old.get('config') == prep
+        and old.get('source_sha256') == hashes):
+      logging.info('data: reusing %s', root)
+      return Prepared(root)
+    logging.info('data: sources or config changed, rebuilding %s', root)
+
+  log = _io.ReadLog(strict=config.strict)
+  raw = _read(config, sources, log)
+  built = _timelines.build(raw, log, config.seq_len, config.stride,
+                           prep['min_events'], config.min_count)
+  log.report()
+  os.makedirs(config.cache_dir, exist_ok=True)
+  # Write next to the target and rename, so a crash never leaves a half cache.
+  tmp = tempfile.mkdtemp(dir=config.cache_dir, prefix='.tmp_')
+  _write(built, tmp)
+  manifest = {
+      'version': FORMAT_VERSION,
+      'config': prep,
+      'sources': {role: p for role, p in sources.items() if p},
+      'source_sha256': hashes,
+      'stats': _statistics(built, log),
+      'num_records': {s: int(len(w)) for s, w in built.windows.items()},
+  }
+  with open(os.path.join(tmp, 'manifest.json'), 'w') as f:
+    json.dump(manifest, f, indent=1)
+  if os.path.isdir(root):
+    shutil.rmtree(root)
+  os.replace(tmp, root)
+  logging.info('data: prepared %s: %s', root, manifest['stats'])
+  return Prepared(root)
