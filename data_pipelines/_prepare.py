@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 
 from data_pipelines import _io, _movielens, _records, _reviews, _timelines
-from data_pipelines._config import NOUNS, PREP_FIELDS
+from data_pipelines._config import NOUNS, PREP_FIELDS, default_data_config
 from data_pipelines._vocab import Vocab
 
 FORMAT_VERSION = 1
@@ -79,10 +79,16 @@ def _read(config, sources, log):
 class Prepared:
   """A preprocessed dataset in its cache directory (cheap to construct)."""
 
-  def __init__(self, root: str):
+  def __init__(self, root: str, config: dict[str, Any] | None = None):
+    """Opens the cache directory `root`; `config` = the full `config.data` dict."""
     self.root = root
     with open(os.path.join(root, 'manifest.json')) as f:
       self.manifest = json.load(f)
+    prep = self.manifest['config']
+    # Pipeline fields (features, text_prompt, token budgets) for make_dataset.
+    self.config: dict[str, Any] = dict(
+        default_data_config(prep['name']).to_dict(), **prep)
+    self.config.update(config or {})
     with open(os.path.join(root, 'vocabs.json')) as f:
       self.vocabs = {k: Vocab(v) for k, v in json.load(f).items()}
     with open(os.path.join(root, 'items.json')) as f:
@@ -185,7 +191,7 @@ def prepare(config: ml_collections.ConfigDict) -> Prepared:
     if (old.get('version') == FORMAT_VERSION and old.get('config') == prep
         and old.get('source_sha256') == hashes):
       logging.info('data: reusing %s', root)
-      return Prepared(root)
+      return Prepared(root, config.to_dict())
     logging.info('data: sources or config changed, rebuilding %s', root)
 
   log = _io.ReadLog(strict=config.strict)
@@ -211,4 +217,4 @@ def prepare(config: ml_collections.ConfigDict) -> Prepared:
     shutil.rmtree(root)
   os.replace(tmp, root)
   logging.info('data: prepared %s: %s', root, manifest['stats'])
-  return Prepared(root)
+  return Prepared(root, config.to_dict())

@@ -1,0 +1,179 @@
+"""Grain pipelines: windows -> shuffle -> repeat -> process slice -> task -> batch.
+
+    MapDataset(window index rows)        # (user record, target index, has_text)
+      .shuffle(seed)                     # same permutation on every process,
+      .repeat(num_epochs)                #   reshuffled each epoch (seed + epoch)
+      [process_index::process_count]     # this process's rows of each global batch
+      .map(Example)                      # read timeline, build task, tokenise, pad
+      .batch(batch_size // process_count)
+      .to_iter_dataset()
+
+Global batch i is shuffled elements [i*B, (i+1)*B); process p gets its rows
+p, p+P, ..., so the per-process slice happens without building the global batch.
+The returned IterDataset's iterator has get_state()/set_state(); save it with
+orbax through grain.checkpoint.CheckpointSave / CheckpointRestore.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grain
+import numpy as np
+
+from data_pipelines import _records, _tasks, _timelines
+from data_pipelines._prepare import Prepared
+from data_pipelines.tokenizer import ByteTokenizer, Tokenizer
+
+_COL = {c: i for i, c in enumerate(_timelines.COLUMNS)}
+
+
+class Example:
+  """Turns one window index row into a fixed-shape numpy example (a Grain map).
+
+  Stage 1 ('next_event'), U = seq_len: {feature}, timestamp int32[U+1], mask
+  bool[U+1], user int32[], example_mask bool[].
+  Stage 2: {feature}, timestamp int32[U], mask bool[U], tokens int32[L],
+  loss_mask bool[L], prompt_len int32[], target int32[], user, example_mask, where
+  L = max_prompt_tokens + max_answer_tokens.
+  """
+
+  def __init__(self, prepared: Prepared, task: str, features: tuple[str, ...],
+               tokenizer: Tokenizer, text_prompt: bool, max_prompt_tokens: int,
+               max_answer_tokens: int):
+    if task not in _tasks.TASKS:
+      raise ValueError(f'Unknown task {task!r}; expected one of {_tasks.TASKS}.')
+    unknown = set(features) - set(_timelines.FEATURES)
+    if unknown:
+      raise ValueError(f'Unknown features {sorted(unknown)}; available: '
+                       f'{_timelines.FEATURES}.')
+    self.timelines = prepared.timelines
+    self.seq_len = prepared.seq_len
+    self.task, self.features, self.tok = task, tuple(features), tokenizer
+    self.text_prompt = text_prompt
+    self.max_prompt, self.max_answer = max_prompt_tokens, max_answer_tokens
+    self.nouns = prepared.nouns
+    self.names = prepared.catalogue.all_names
+    self.genres = prepared.catalogue.all_genres
+    self.genre_vocab = prepared.vocabs['genre']
+    self.ratings = prepared.vocabs['rating']
+    self.stage1 = task in _tasks.STAGE1_TASKS
+
+  def _padding(self) -> dict[str, np.ndarray]:
+    n = self.seq_len + 1 if self.stage1 else self.seq_len
+    out = {f: np.zeros(n, np.int32) for f in self.features + ('timestamp',)}
+    out.update(mask=np.zeros(n, bool), user=np.int32(0),
+               example_mask=np.bool_(False))
+    if not self.stage1:
+      length = self.max_prompt + self.max_answer
+      out.update(tokens=np.full(length, self.tok.pad_id, np.int32),
+                 loss_mask=np.zeros(length, bool), prompt_len=np.int32(0),
+                 target=np.int32(0))
+    return out
+
+  def __call__(self, row: np.ndarray) -> dict[str, np.ndarray]:
+    user, t = int(row[0]), int(row[1])
+    if user < 0:  # Padding row of a final partial batch.
+      return self._padding()
+    table, offsets, blob = _records.decode(self.timelines[user])
+    n = self.seq_len + 1 if self.stage1 else self.seq_len
+    window = table[t - self.seq_len:t - self.seq_len + n]
+    out = {f: window[:, _COL[f]].copy() for f in self.features}
+    out['timestamp'] = window[:, _COL['timestamp']].copy()
+    out.update(mask=np.ones(n, bool), user=np.int32(user),
+               example_mask=np.bool_(True))
+    if not self.stage1:
+      out.update(self._stage2(table, t, _records.text(offsets, blob, t)))
+    return out
+
+  def prompt_parts(self, table: np.ndarray, t: int) -> tuple[str, list[str]]:
+    """(header, one line per history event) of the text-prompt serialisation."""
+    lines = [_tasks.event_line(self.names[r[_COL['item_index']]],
+                               self.genres[r[_COL['item_index']]],
+                               self.ratings.value(int(r[_COL['rating']])))
+             for r in table[t - self.seq_len:t]]
+    return _tasks.history_header(self.nouns), lines
+
+  def _stage2(self, table: np.ndarray, t: int, text: str) -> dict[str, Any]:
+    target_index = table[t, _COL['item_index']]
+    if self.task == 'fav_genre':
+      history = table[t - self.seq_len:t, _COL['item_index']]
+      genre = _tasks.favourite_genre([self.genres[i] for i in history])
+      answer, target = genre, self.genre_vocab.id(genre)
+    elif self.task == 'next_item':
+      answer, target = self.names[target_index], table[t, _COL['item']]
+    else:
+      answer, target = text, table[t, _COL['item']]
+    tail = self.tok.encode(
+        _tasks.question(self.task, self.nouns, self.names[target_index]))
+    header, lines = [], []
+    if self.text_prompt:
+      head, text_lines = self.prompt_parts(table, t)
+      header = self.tok.encode(head)
+      lines = [self.tok.encode(line) for line in text_lines]
+    prompt = _tasks.fit_prompt(header, lines, tail, self.max_prompt - 1)
+    out = _tasks.pack(prompt, self.tok.encode(answer), self.tok.bos_id,
+                      self.tok.eos_id, self.tok.pad_id, self.max_prompt,
+                      self.max_answer)
+    out['target'] = np.int32(target)
+    return out
+
+
+def make_dataset(prepared: Prepared, split: str, task: str, *, batch_size: int,
+                 seed: int = 0, tokenizer: Tokenizer | None = None,
+                 shuffle: bool = True, num_epochs: int | None = None,
+                 drop_remainder: bool | None = None, process_index: int = 0,
+                 process_count: int = 1, **overrides: Any) -> grain.IterDataset:
+  """Batches of `task` examples from `split` of a prepared dataset.
+
+  Args:
+    prepared: the output of `prepare(config.data)`.
+    split: 'train' | 'validation' | 'test'.
+    task: 'next_event' (stage 1) or 'next_item' | 'fav_genre' | 'review'.
+    batch_size: GLOBAL batch size B; each process yields B // process_count rows.
+    seed: shuffle seed (same seed -> same batches).
+    tokenizer: stage 2 only; defaults to GemmaTokenizer(config.tokenizer_path)
+      when the data config names one, else ByteTokenizer.
+    shuffle: shuffle the windows (reshuffled every epoch).
+    num_epochs: None repeats forever.
+    drop_remainder: drop a final partial batch; default True for 'train'. When
+      False, each epoch is padded to a multiple of B with rows whose
+      example_mask is False, so every batch has the same shape on every process.
+    process_index, process_count: this process and the number of processes.
+    **overrides: data-config fields to override (features, text_prompt,
+      max_prompt_tokens, max_answer_tokens).
+
+  Returns:
+    A grain.IterDataset of dicts of numpy arrays (shapes in docs/contracts.md).
+  """
+  config = dict(prepared.config, **overrides)
+  if batch_size % process_count:
+    raise ValueError(f'batch_size {batch_size} not divisible by process_count '
+                     f'{process_count}.')
+  if drop_remainder is None:
+    drop_remainder = split == 'train'
+  if tokenizer is None:
+    from data_pipelines.tokenizer import make_tokenizer  # pylint: disable=g-import-not-at-top
+    tokenizer = make_tokenizer(config.get('tokenizer_path') or None)
+  windows = prepared.windows(split)
+  if task == 'review':
+    windows = windows[windows[:, 2] == 1]
+  if not len(windows):
+    raise ValueError(f'No {split} windows for task {task!r} in {prepared.root}.')
+  if not drop_remainder:
+    pad = -len(windows) % batch_size
+    windows = np.concatenate([windows, np.full((pad, 3), -1, np.int32)])
+  ds = grain.MapDataset.source(windows)
+  if shuffle:
+    ds = ds.shuffle(seed=seed)
+  ds = ds.repeat(num_epochs)
+  if process_count > 1:
+    ds = ds[process_index::process_count]
+  ds = ds.map(Example(prepared, task, tuple(config['features']), tokenizer,
+                      bool(config['text_prompt']), int(config['max_prompt_tokens']),
+                      int(config['max_answer_tokens'])))
+  ds = ds.batch(batch_size // process_count, drop_remainder=drop_remainder)
+  return ds.to_iter_dataset()
+
+
+__all__ = ['Example', 'make_dataset', 'ByteTokenizer']
