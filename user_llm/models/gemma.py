@@ -1,0 +1,193 @@
+"""The Gemma 3 decoder of User-LLM, built from `gm`'s own modules.
+
+The parameter tree is exactly the one of `gm.nn.Gemma3_*` (`embedder/input_embedding`,
+`layer_{i}/attn/q_einsum/w`, ..., `final_norm/scale`), so `gm.ckpts.load_params`
+output drops in unchanged. On top of `gm.nn.Transformer` it adds the two ways User-LLM
+feeds a user to the LLM:
+  * a `layer_hook(i, x) -> x` called before decoder layer i for every i in
+    `hook_layers`: the gated cross-attention blocks plug in here (their params live
+    outside this module, in the sibling `cross_attention/` scope);
+  * a `prefix` of soft-prompt embeddings prepended to the token embeddings, with a
+    prefix-LM mask (full attention inside the prefix, causal after it).
+Generation uses `gm`'s KV cache (`gm.nn.Attention` cache dicts, one per layer).
+
+Letters: B batch, L tokens, P prefix length, S cache length, D width, V vocab.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+import dataclasses
+
+import flax.linen as nn
+from gemma import gm
+import jax
+import jax.numpy as jnp
+
+LayerHook = Callable[[int, jax.Array], jax.Array]
+Cache = dict[str, dict[str, jax.Array]]
+
+
+def gemma_config(name: str) -> gm.nn.config.TransformerConfig:
+  """The `TransformerConfig` of a `gm.nn` model class, e.g. 'Gemma3_270M'."""
+  cls = getattr(gm.nn, name, None)
+  if cls is None or not hasattr(cls, 'config'):
+    raise ValueError(f'Unknown Gemma model {name!r}: expected a gm.nn class name')
+  return cls.config
+
+
+def prefix_lm_mask(input_mask: jax.Array, prefix_len: int) -> jax.Array:
+  """Causal mask over valid tokens, bidirectional inside the first `prefix_len`.
+
+  Args:
+    input_mask: bool[B, L], True on real (non-padding) positions.
+    prefix_len: number of leading positions that see each other fully.
+
+  Returns:
+    bool[B, L, L]: mask[b, q, k] = k is valid and (k <= q or both < prefix_len).
+  """
+  length = input_mask.shape[-1]
+  idx = jnp.arange(length)
+  causal = idx[None, :] <= idx[:, None]
+  in_prefix = idx < prefix_len
+  allowed = causal | (in_prefix[:, None] & in_prefix[None, :])
+  return allowed[None] & input_mask[:, None, :]
+
+
+def positions_from_mask(input_mask: jax.Array) -> jax.Array:
+  """int32[B, L] RoPE positions counting only valid tokens (pads do not shift)."""
+  # Same rule as gm's private `build_positions_from_mask`: leading pads get 0.
+  positions = jnp.cumsum(input_mask, axis=-1)
+  return (positions - (positions >= 1)).astype(jnp.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderOutput:
+  """What `GemmaDecoder.__call__` returns."""
+
+  logits: jax.Array  # float[B, L, V] (or float[B, V] with `last_only`)
+  hidden: jax.Array  # float[B, L, D] after the final norm
+  cache: Cache | None
+
+
+class GemmaDecoder(nn.Module):
+  """A Gemma 3 decoder whose params match `gm.nn.Gemma3_*` one to one.
+
+  Attributes:
+    config: the `gm` TransformerConfig (any Gemma 3 size, or a tiny one in tests).
+  """
+
+  config: gm.nn.config.TransformerConfig
+
+  def setup(self):
+    cfg = self.config
+    self.embedder = gm.nn.Embedder(vocab_size=cfg.num_embed, embed_dim=cfg.embed_dim)
+    self.blocks = [
+        gm.nn.Block(
+            name=f'layer_{i}',
+            num_heads=cfg.num_heads,
+            num_kv_heads=cfg.num_kv_heads,
+            embed_dim=cfg.embed_dim,
+            head_dim=cfg.head_dim,
+            hidden_dim=cfg.hidden_dim,
+            sliding_window_size=cfg.sliding_window_size,
+            use_post_attn_norm=cfg.use_post_attn_norm,
+            use_post_ffw_norm=cfg.use_post_ffw_norm,
+            attn_logits_soft_cap=cfg.attn_logits_soft_cap,
+            attn_type=attn_type,
+            query_pre_attn_scalar=cfg.query_pre_attn_scalar(),
+            transpose_gating_einsum=cfg.transpose_gating_einsum,
+            use_qk_norm=cfg.use_qk_norm,
+            rope_base_frequency=cfg.local_base_frequency
+            if attn_type == gm.nn.AttentionType.LOCAL_SLIDING
+            else cfg.global_base_frequency,
+            rope_scale_factor=cfg.local_scale_factor
+            if attn_type == gm.nn.AttentionType.LOCAL_SLIDING
+            else cfg.global_scale_factor,
+        )
+        for i, attn_type in enumerate(cfg.attention_types)
+    ]
+    self.final_norm = gm.nn.RMSNorm()
+
+  def embed(self, tokens: jax.Array) -> jax.Array:
+    """int[B, L] -> float[B, L, D], scaled by sqrt(D) as in Gemma."""
+    return self.embedder.encode(tokens)
+
+  def __call__(
+      self,
+      tokens: jax.Array,
+      *,
+      input_mask: jax.Array | None = None,
+      prefix: jax.Array | None = None,
+      prefix_mask: jax.Array | None = None,
+      positions: jax.Array | None = None,
+      attention_mask: jax.Array | None = None,
+      cache: Cache | None = None,
+      layer_hook: LayerHook | None = None,
+      hook_layers: Sequence[int] = (),
+      last_only: bool = False,
+  ) -> DecoderOutput:
+    """Runs the decoder.
+
+    Args:
+      tokens: int[B, L]; 0 is padding.
+      input_mask: bool[B, L], True on real tokens (default: tokens != 0).
+      prefix: float[B, P, D] soft-prompt embeddings placed before the tokens.
+      prefix_mask: bool[B, P], True on real prefix positions (default: all).
+      positions: int[B, P+L] RoPE positions (default: from the masks).
+      attention_mask: bool[B, P+L, S] (default: prefix-LM mask; S = P+L
+        without cache). Required with a cache.
+      cache: `gm` KV cache from `init_cache`, updated in place (functionally).
+      layer_hook: called as `x = layer_hook(i, x)` before layer i, i in
+        `hook_layers` (cross-attention blocks).
+      hook_layers: decoder layer indices the hook runs before.
+      last_only: return only the logits of the last position (decoding).
+
+    Returns:
+      DecoderOutput with logits over the prefix and tokens positions.
+    """
+    if input_mask is None:
+      input_mask = tokens != 0
+    x = self.embed(tokens)
+    if prefix is not None:
+      if prefix_mask is None:
+        prefix_mask = jnp.ones(prefix.shape[:2], dtype=bool)
+      x = jnp.concatenate([prefix.astype(x.dtype), x], axis=1)
+      input_mask = jnp.concatenate([prefix_mask, input_mask], axis=1)
+    prefix_len = 0 if prefix is None else prefix.shape[1]
+    if positions is None:
+      positions = positions_from_mask(input_mask)
+    if attention_mask is None:
+      if cache is not None:
+        raise ValueError('An explicit attention_mask is required with a cache.')
+      attention_mask = prefix_lm_mask(input_mask, prefix_len)
+
+    hook_layers = frozenset(hook_layers)
+    new_cache = {} if cache is not None else None
+    for i, block in enumerate(self.blocks):
+      if layer_hook is not None and i in hook_layers:
+        x = layer_hook(i, x)
+      name = f'layer_{i}'
+      layer_cache, x = block(
+          x, positions, None if cache is None else cache[name], attention_mask
+      )
+      if new_cache is not None:
+        new_cache[name] = layer_cache
+    x = self.final_norm(x)
+    if last_only:
+      x = x[:, -1]
+    logits = self.embedder.decode(x)
+    if self.config.final_logit_softcap is not None:
+      cap = self.config.final_logit_softcap
+      logits = jnp.tanh(logits / cap) * cap
+    return DecoderOutput(logits=logits, hidden=x, cache=new_cache)
+
+
+def init_cache(
+    config: gm.nn.config.TransformerConfig,
+    batch_size: int,
+    cache_length: int,
+    dtype: jnp.dtype = jnp.float32,
+) -> Cache:
+  """An empty `gm` KV cache: per layer k/v float[B, S, K, H], positions, end_index."""
+  return config.init_cache(batch_size=batch_size, dtype=dtype, cache_length=cache_length)
