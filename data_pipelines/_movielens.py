@@ -29,14 +29,18 @@ def _csv_rows(path: str, expected: tuple[str, ...],
     if tuple(h.strip() for h in header[:len(expected)]) != expected:
       raise ValueError(f'{path}:1: expected header {",".join(expected)}, got '
                        f'{",".join(header)}')
+    n = 0
     for fields in reader:
       if not fields or fields == ['']:
         continue
+      n += 1
       if len(fields) != len(expected):
         log.malformed(path, reader.line_num,
                       f'expected {len(expected)} fields, got {len(fields)}')
         continue
       yield reader.line_num, fields
+    if n == 0:  # A header and no rows is an empty file too.
+      log.count('empty_files', example=path)
 
 
 def _dat_rows(path: str, n_fields: int,
