@@ -1,0 +1,51 @@
+"""Helpers shared by configs (big_vision `configs/common.py` style)."""
+
+import ml_collections
+
+
+def parse_arg(arg: str | None, lazy: bool = False, **spec) -> ml_collections.ConfigDict:
+  """Parses 'runlocal,variant=late,steps=100' into a ConfigDict, typed by `spec`.
+
+  Args:
+    arg: the string after ':' in `--config configs/x.py:ARG` (None or '' = defaults).
+    lazy: accept keys not in `spec` (kept as strings).
+    **spec: known keys and their defaults; a bare word sets a bool key to True.
+
+  Returns:
+    ConfigDict of `spec` updated by `arg`.
+  """
+  out = ml_collections.ConfigDict(spec)
+  for part in filter(None, (arg or '').split(',')):
+    key, sep, value = part.partition('=')
+    if key not in spec and not lazy:
+      raise ValueError(f'Unknown config arg {key!r}; known: {sorted(spec)}')
+    default = spec.get(key)
+    if not sep:
+      if default is not None and not isinstance(default, bool):
+        raise ValueError(f'Config arg {key!r} needs a value ({key}=...).')
+      out[key] = True
+    elif isinstance(default, bool):
+      out[key] = value.lower() in ('1', 'true', 'yes')
+    elif default is not None:
+      out[key] = type(default)(value)
+    else:
+      out[key] = value
+  return out
+
+
+def mesh(data: int = -1, fsdp: int = 1, tensor: int = 1):
+  """Mesh axes; -1 takes the remaining devices."""
+  return [('data', data), ('fsdp', fsdp), ('tensor', tensor)]
+
+
+def encoder_sharding_rules():
+  """(path regex, spec per dim) for user-encoder / baseline params; first match wins."""
+  return [
+      (r'.*embed_.*/embedding', ('fsdp', 'tensor')),  # [V, E]
+      (r'.*attn/(q|k|v)', ('fsdp', 'tensor', None)),  # [D, N, H]
+      (r'.*attn/out', ('tensor', None, 'fsdp')),  # [N, H, D]
+      (r'.*mlp/wi/kernel', ('fsdp', 'tensor')),  # [D, F]
+      (r'.*mlp/wo/kernel', ('tensor', 'fsdp')),  # [F, D]
+      (r'.*heads/.*/kernel', ('fsdp', 'tensor')),  # [D, V]
+      (r'.*', None),  # Everything else replicated.
+  ]

@@ -1,0 +1,231 @@
+"""User encoder of User-LLM stage 1: feature embeddings, fusion, causal Transformer.
+
+Einsum letters: B batch, U user events (query positions), S key positions (same
+events seen as keys), D model width, N heads, H head dim, F MLP width, V vocabulary.
+
+Parameter tree of `UserEncoderLM` (names are an API, stage 2 loads `user_encoder/`):
+  user_encoder/embed_{feature}/embedding            [V_f, E_f]
+  user_encoder/fuse/kernel, bias                    (early fusion) [sum E_f, D]
+  user_encoder/transformer/pos_embedding            [U_max, D]
+  user_encoder/transformer/layer_{i}/{attn,mlp,...} (early fusion)
+  user_encoder/tower_{feature}/...                  (late fusion: one projection +
+                                                     transformer per feature)
+  user_encoder/combine/kernel, bias                 (late fusion) [M * D, D]
+  heads/{feature}/kernel, bias                      [D, V_f] next-event heads
+"""
+
+from collections.abc import Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+_NEG_INF = -1e9  # Finite, so fully masked rows give a uniform softmax, not NaN.
+
+
+class MultiHeadAttention(nn.Module):
+  """Multi-head self-attention with an explicit boolean mask."""
+
+  num_heads: int
+  head_dim: int
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, attn_mask: Array) -> Array:
+    """Args: x [B, U, D]; attn_mask bool [B, U, S] (True = may attend). Returns [B, U, D]."""
+    d = x.shape[-1]
+    init = nn.initializers.lecun_normal(in_axis=0, out_axis=(1, 2))
+    w_q = self.param('q', init, (d, self.num_heads, self.head_dim), self.param_dtype)
+    w_k = self.param('k', init, (d, self.num_heads, self.head_dim), self.param_dtype)
+    w_v = self.param('v', init, (d, self.num_heads, self.head_dim), self.param_dtype)
+    w_o = self.param(
+        'out', nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=2),
+        (self.num_heads, self.head_dim, d), self.param_dtype)
+    x = x.astype(self.dtype)
+    q = jnp.einsum('BUD,DNH->BUNH', x, w_q.astype(self.dtype))
+    k = jnp.einsum('BSD,DNH->BSNH', x, w_k.astype(self.dtype))
+    v = jnp.einsum('BSD,DNH->BSNH', x, w_v.astype(self.dtype))
+    logits = jnp.einsum('BUNH,BSNH->BNUS', q, k) / jnp.sqrt(self.head_dim).astype(self.dtype)
+    logits = jnp.where(attn_mask[:, None], logits.astype(jnp.float32), _NEG_INF)
+    probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+    out = jnp.einsum('BNUS,BSNH->BUNH', probs, v)
+    return jnp.einsum('BUNH,NHD->BUD', out, w_o.astype(self.dtype))
+
+
+class Mlp(nn.Module):
+  """Two-layer GELU MLP."""
+
+  hidden_dim: int
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    d = x.shape[-1]
+    h = nn.Dense(self.hidden_dim, dtype=self.dtype, param_dtype=self.param_dtype, name='wi')(x)
+    return nn.Dense(d, dtype=self.dtype, param_dtype=self.param_dtype, name='wo')(nn.gelu(h))
+
+
+class Block(nn.Module):
+  """Pre-LayerNorm Transformer block."""
+
+  num_heads: int
+  head_dim: int
+  mlp_dim: int
+  dropout: float = 0.0
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, attn_mask: Array, train: bool) -> Array:
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    h = nn.LayerNorm(name='pre_attention_norm', **kw)(x)
+    h = MultiHeadAttention(self.num_heads, self.head_dim, name='attn', **kw)(h, attn_mask)
+    x = x + nn.Dropout(self.dropout)(h, deterministic=not train)
+    h = nn.LayerNorm(name='pre_mlp_norm', **kw)(x)
+    h = Mlp(self.mlp_dim, name='mlp', **kw)(h)
+    return x + nn.Dropout(self.dropout)(h, deterministic=not train)
+
+
+class Transformer(nn.Module):
+  """Stack of blocks with learned positions; causal (autoregressive) or bidirectional."""
+
+  num_layers: int
+  num_heads: int
+  mlp_dim: int
+  max_len: int
+  causal: bool = True
+  dropout: float = 0.0
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, mask: Array, train: bool = False) -> Array:
+    """Args: x [B, U, D]; mask bool [B, U] (True on real events). Returns [B, U, D]."""
+    _, u, d = x.shape
+    pos = self.param('pos_embedding', nn.initializers.normal(0.02), (self.max_len, d),
+                     self.param_dtype)
+    x = (x + pos[None, :u]).astype(self.dtype)
+    x = nn.Dropout(self.dropout)(x, deterministic=not train)
+    attn_mask = jnp.broadcast_to(mask[:, None, :], (x.shape[0], u, u))
+    if self.causal:
+      attn_mask = attn_mask & jnp.tril(jnp.ones((u, u), bool))[None]
+    # Every query may see itself, so padded rows stay finite.
+    attn_mask = attn_mask | jnp.eye(u, dtype=bool)[None]
+    for i in range(self.num_layers):
+      x = Block(self.num_heads, d // self.num_heads, self.mlp_dim, self.dropout,
+                self.dtype, self.param_dtype, name=f'layer_{i}')(x, attn_mask, train)
+    return nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name='final_norm')(x)
+
+
+class UserEncoder(nn.Module):
+  """Embeds an event sequence with M categorical features into [B, U, D].
+
+  Early fusion: concatenate each event's feature embeddings, project to D, one
+  Transformer. Late fusion: one projection + Transformer per feature, the M outputs
+  concatenated per event and projected to D.
+  """
+
+  vocab_sizes: Mapping[str, int]  # feature -> vocabulary size (ids 0 pad, 1 OOV).
+  embed_dims: Mapping[str, int]  # feature -> embedding width.
+  d_model: int = 128
+  num_layers: int = 2
+  num_heads: int = 2
+  mlp_dim: int = 256
+  max_len: int = 64
+  fusion: str = 'early'  # 'early' | 'late'
+  causal: bool = True
+  dropout: float = 0.0
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  def _transformer(self, name: str) -> Transformer:
+    return Transformer(self.num_layers, self.num_heads, self.mlp_dim, self.max_len,
+                       self.causal, self.dropout, self.dtype, self.param_dtype, name=name)
+
+  @nn.compact
+  def __call__(self, features: Mapping[str, Array], mask: Array, train: bool = False) -> Array:
+    """Encodes events.
+
+    Args:
+      features: feature name -> int32 [B, U] ids; every name of `vocab_sizes`.
+      mask: bool [B, U], True on real events.
+      train: enables dropout (needs a 'dropout' rng).
+
+    Returns:
+      [B, U, D] one embedding per event (output at t has seen events <= t if causal).
+    """
+    names = sorted(self.vocab_sizes)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    embs = {}
+    for f in names:
+      table = nn.Embed(self.vocab_sizes[f], self.embed_dims[f], embedding_init=nn.initializers.normal(0.02),
+                       name=f'embed_{f}', **kw)
+      embs[f] = table(features[f])
+    if self.fusion == 'early':
+      x = jnp.concatenate([embs[f] for f in names], axis=-1)
+      x = nn.Dense(self.d_model, name='fuse', **kw)(x)
+      return self._transformer('transformer')(x, mask, train)
+    if self.fusion == 'late':
+      outs = []
+      for f in names:
+        x = nn.Dense(self.d_model, name=f'proj_{f}', **kw)(embs[f])
+        outs.append(self._transformer(f'tower_{f}')(x, mask, train))
+      return nn.Dense(self.d_model, name='combine', **kw)(jnp.concatenate(outs, axis=-1))
+    raise ValueError(f'Unknown fusion {self.fusion!r}, expected early|late.')
+
+
+class NextEventHeads(nn.Module):
+  """One linear softmax head per feature."""
+
+  vocab_sizes: Mapping[str, int]
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, h: Array) -> dict[str, Array]:
+    """Args: h [B, U, D]. Returns feature -> logits float32 [B, U, V_f]."""
+    return {f: nn.Dense(v, dtype=self.dtype, param_dtype=self.param_dtype, name=f)(h).astype(jnp.float32)
+            for f, v in sorted(self.vocab_sizes.items())}
+
+
+class UserEncoderLM(nn.Module):
+  """Stage-1 model: `user_encoder` + next-event `heads` (autoregressive or masked)."""
+
+  user_encoder: UserEncoder  # Adopted under the scope name `user_encoder`.
+  head_features: Sequence[str] | None = None  # None: a head for every feature.
+
+  def setup(self):
+    enc = self.user_encoder
+    vocab = {f: v for f, v in enc.vocab_sizes.items()
+             if self.head_features is None or f in self.head_features}
+    self.heads = NextEventHeads(vocab, enc.dtype, enc.param_dtype)
+
+  def __call__(self, features, mask, train: bool = False):
+    """Returns (embeddings [B, U, D], feature -> logits [B, U, V_f])."""
+    h = self.user_encoder(features, mask, train)
+    return h, self.heads(h)
+
+
+def next_event_loss(logits: Mapping[str, Array], targets: Mapping[str, Array],
+                    weights: Array) -> tuple[Array, dict[str, Array]]:
+  """Summed-over-features softmax cross-entropy, averaged over weighted positions.
+
+  Args:
+    logits: feature -> [B, U, V_f]; targets: feature -> int32 [B, U]; weights [B, U].
+
+  Returns:
+    (loss scalar, metrics with per-feature loss and accuracy).
+  """
+  denom = jnp.maximum(weights.sum(), 1.0)
+  total, metrics = 0.0, {}
+  for f in sorted(logits):
+    w = weights * (targets[f] > 0)  # id 0 is padding: not a target.
+    ce = -jnp.take_along_axis(jax.nn.log_softmax(logits[f]), targets[f][..., None], -1)[..., 0]
+    loss_f = (ce * w).sum() / denom
+    total = total + loss_f
+    metrics[f'loss_{f}'] = loss_f
+    metrics[f'acc_{f}'] = ((logits[f].argmax(-1) == targets[f]) * w).sum() / jnp.maximum(w.sum(), 1.0)
+  return total, metrics

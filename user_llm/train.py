@@ -1,0 +1,235 @@
+"""The one trainer of User-LLM (stage 1 and stage 2).
+
+`train_and_evaluate(config, workdir)` picks an experiment by `config.experiment`
+from `EXPERIMENTS`, builds a mesh, initialises the train state sharded (through
+`jax.eval_shape`, never materialised on one device), resumes (existing run -> init
+checkpoint -> scratch), and loops over the pure, jitted `train_step`.
+
+Train state: a dict `{'step': int32[], 'params': ..., 'opt_state': ...}`.
+"""
+
+import abc
+from collections.abc import Mapping
+import functools
+import importlib
+import json
+import math
+import os
+import time
+from typing import Any
+
+from absl import logging
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from user_llm import checkpointing
+from user_llm import optim
+from user_llm import sharding
+
+PyTree = Any
+
+# config.experiment -> 'module:Class'; imported lazily so stage-2 deps load only when used.
+EXPERIMENTS = {
+    'pretrain': 'user_llm.pretrain:PretrainExperiment',
+    'userllm': 'user_llm.userllm:UserLLMExperiment',
+}
+
+
+class Experiment(abc.ABC):
+  """What a stage plugs into the trainer. See docs/contracts.md ("Experiments").
+
+  Constructed as `Experiment(config, mesh)`. Every method that the trainer traces
+  (`init_params`, `loss_fn`) must be pure.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+    self.config = config
+    self.mesh = mesh
+
+  @abc.abstractmethod
+  def init_params(self, rng: jax.Array) -> PyTree:
+    """Fresh params from a PRNG key (pure: eval_shape'd and jitted with out_shardings)."""
+
+  @abc.abstractmethod
+  def loss_fn(self, params: PyTree, batch: Mapping[str, jax.Array],
+              rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """(scalar loss, scalar metrics) for one global batch; rng is already step-folded."""
+
+  @abc.abstractmethod
+  def train_dataset(self, seed: int) -> grain.DatasetIterator:
+    """This host's infinite iterator of numpy train batches (checkpointable state)."""
+
+  @abc.abstractmethod
+  def evaluate(self, params: PyTree, step: int) -> dict[str, float]:
+    """Evaluation metrics of `params` (run on the host, may loop over a test split)."""
+
+  def load_pretrained(self, params: PyTree) -> PyTree:
+    """Hook to replace parts of fresh params by pretrained ones (only from scratch)."""
+    return params
+
+  @property
+  def sharding_rules(self) -> list[tuple[str, tuple | None]]:
+    """[(path regex, PartitionSpec-like tuple)], see user_llm/sharding.py."""
+    return [tuple(r) for r in self.config.get('sharding_rules', ())]
+
+
+def get_experiment(config, mesh) -> Experiment:
+  """Instantiates `EXPERIMENTS[config.experiment]` (lazy import)."""
+  if config.experiment not in EXPERIMENTS:
+    raise ValueError(f'Unknown config.experiment {config.experiment!r}; known: {sorted(EXPERIMENTS)}')
+  module, cls = EXPERIMENTS[config.experiment].split(':')
+  return getattr(importlib.import_module(module), cls)(config, mesh)
+
+
+def train_step(state: PyTree, batch: Mapping[str, jax.Array], rng: jax.Array, *,
+               loss_fn, tx: optax.GradientTransformation) -> tuple[PyTree, dict[str, jax.Array]]:
+  """One optimisation step; pure. The rng is folded with the step for reproducibility."""
+  step_rng = jax.random.fold_in(rng, state['step'])
+  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state['params'], batch, step_rng)
+  updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+  params = optax.apply_updates(state['params'], updates)
+  metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+  return {'step': state['step'] + 1, 'params': params, 'opt_state': opt_state}, metrics
+
+
+def _with_shardings(abstract, shardings):
+  return jax.tree_util.tree_map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+
+class _Writer:
+  """TensorBoard (tensorboardX) + metrics.jsonl on process 0; no-op elsewhere."""
+
+  def __init__(self, workdir: str):
+    self.active = jax.process_index() == 0
+    if self.active:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self.tb = SummaryWriter(os.path.join(workdir, 'tb'))
+      self.jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+
+  def write(self, step: int, prefix: str, metrics: Mapping[str, float]) -> None:
+    if not self.active:
+      return
+    for k, v in metrics.items():
+      self.tb.add_scalar(f'{prefix}/{k}'.replace('@', '_at_'), float(v), step)
+    self.jsonl.write(json.dumps({'step': step, 'split': prefix,
+                                 **{k: float(v) for k, v in metrics.items()}}) + '\n')
+    self.jsonl.flush()
+    self.tb.flush()
+
+  def close(self):
+    if self.active:
+      self.tb.close()
+      self.jsonl.close()
+
+
+def _check_finite(step: int, metrics: Mapping[str, Any]) -> dict[str, float]:
+  host = {k: float(v) for k, v in jax.device_get(dict(metrics)).items()}
+  if not math.isfinite(host['loss']):
+    raise FloatingPointError(f'Non-finite loss {host["loss"]} at step {step}.')
+  return host
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains and evaluates `config.experiment`; returns the final eval metrics.
+
+  Checkpoints, TensorBoard events, metrics.jsonl and results.json go to `workdir`.
+  """
+  t_start = time.time()
+  os.makedirs(workdir, exist_ok=True)
+  tc = config.train
+  mesh = sharding.make_mesh(config.mesh)
+  logging.info('Mesh: %s', dict(mesh.shape))
+  exp = get_experiment(config, mesh)
+  init_rng, train_rng = jax.random.split(jax.random.key(tc.seed))
+
+  # Shapes first, then shardings, then the sharded init: nothing sits on one device.
+  abstract_params = jax.eval_shape(exp.init_params, init_rng)
+  tx = optim.make(tc, abstract_params)
+
+  def init_state(params):
+    return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init(params)}
+
+  abstract_state = jax.eval_shape(init_state, abstract_params)
+  state_sh = sharding.tree_shardings(abstract_state, exp.sharding_rules, mesh)
+  abstract_state = _with_shardings(abstract_state, state_sh)
+  num_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(abstract_params))
+  logging.info('Params: %d', num_params)
+
+  init_state_jit = jax.jit(init_state, in_shardings=(state_sh['params'],), out_shardings=state_sh)
+
+  def from_params(params):
+    return init_state_jit(jax.device_put(params, state_sh['params']))
+
+  def from_scratch():
+    params = jax.jit(exp.init_params, out_shardings=state_sh['params'])(init_rng)
+    return from_params(exp.load_pretrained(params))
+
+  data_iter = exp.train_dataset(tc.seed)
+  ckpt = checkpointing.Checkpointer(workdir, max_to_keep=tc.get('keep_checkpoints', 2),
+                                    use_async=tc.get('async_checkpoint', True))
+  state, how = checkpointing.restore_or_init(
+      ckpt, abstract_state, data_iter, from_scratch,
+      init_checkpoint=tc.get('init_checkpoint', None), init_state_from_params=from_params)
+  step = int(jax.device_get(state['step']))
+  logging.info('Train state from %s, step %d of %d.', how, step, tc.num_steps)
+
+  rep = sharding.replicated(mesh)
+  batch_sh = None  # Fixed from the first batch (ranks differ per key).
+  step_fn = None
+  writer = _Writer(workdir)
+  sched = optim.schedule(tc)
+  pending = None  # (step, metrics) checked one step late, keeping dispatch async.
+  t_log, s_log = time.time(), step
+  t_train = time.time()
+  eval_metrics = {}
+
+  try:
+    while step < tc.num_steps:
+      batch = sharding.shard_batch(next(data_iter), mesh)
+      if step_fn is None:
+        batch_sh = {k: v.sharding for k, v in batch.items()}
+        step_fn = jax.jit(
+            functools.partial(train_step, loss_fn=exp.loss_fn, tx=tx),
+            in_shardings=(state_sh, batch_sh, rep), out_shardings=(state_sh, rep),
+            donate_argnums=(0,))
+      state, metrics = step_fn(state, batch, train_rng)
+      if pending is not None:
+        _check_finite(*pending)
+      step += 1
+      pending = (step, metrics)
+      is_last = step == tc.num_steps
+      if step % tc.log_every == 0 or is_last:
+        host = _check_finite(*pending)
+        now = time.time()
+        sps = (step - s_log) / max(now - t_log, 1e-9)
+        eta = (tc.num_steps - step) / max(sps, 1e-9)
+        logging.info('step %d/%d loss %.4f steps/s %.2f ETA %s', step, tc.num_steps,
+                     host['loss'], sps, time.strftime('%H:%M:%S', time.gmtime(eta)))
+        writer.write(step, 'train', dict(host, lr=float(sched(step - 1)), steps_per_sec=sps))
+        t_log, s_log = now, step
+      if step % tc.ckpt_every == 0 or is_last:
+        _check_finite(*pending)  # Never save a non-finite state.
+        ckpt.save(step, state, data_iter)
+      if (tc.eval_every and step % tc.eval_every == 0) or is_last:
+        eval_metrics = exp.evaluate(state['params'], step)
+        logging.info('eval step %d: %s', step, eval_metrics)
+        writer.write(step, 'eval', eval_metrics)
+  finally:  # Let a pending async save finish (or fail) before leaving.
+    ckpt.wait()
+
+  train_wall = time.time() - t_train
+  if not eval_metrics:  # Resumed a finished run: evaluate its final state.
+    eval_metrics = exp.evaluate(state['params'], step)
+  ckpt.close()
+  writer.close()
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'results.json'), 'w') as f:
+      json.dump({'step': step, 'train_wall_s': train_wall, 'total_wall_s': time.time() - t_start,
+                 'num_params': num_params, 'resumed': how, **eval_metrics}, f, indent=1)
+  return eval_metrics
