@@ -58,6 +58,9 @@ class Example:
     self.genre_vocab = prepared.vocabs['genre']
     self.ratings = prepared.vocabs['rating']
     self.stage1 = task in _tasks.STAGE1_TASKS
+    # A history line depends only on (item, rating): memoise its tokens, which
+    # makes text-prompt examples ~4x cheaper with SentencePiece.
+    self._line_tokens: dict[tuple[int, int], list[int]] = {}
 
   def _padding(self) -> dict[str, np.ndarray]:
     n = self.seq_len + 1 if self.stage1 else self.seq_len
@@ -94,6 +97,19 @@ class Example:
              for r in table[t - self.seq_len:t]]
     return _tasks.history_header(self.nouns), lines
 
+  def _line(self, item_index: int, rating: int) -> list[int]:
+    key = (item_index, rating)
+    ids = self._line_tokens.get(key)
+    if ids is None:
+      if len(self._line_tokens) > 1_000_000:  # Bound memory on huge catalogues.
+        self._line_tokens.clear()
+      ids = self._line_tokens[key] = self.tok.encode(_tasks.event_line(
+          self.names[item_index], self.genres[item_index], self.ratings.value(rating)))
+    return ids
+
+  def __getstate__(self):
+    return dict(self.__dict__, _line_tokens={})
+
   def _stage2(self, table: np.ndarray, t: int, text: str) -> dict[str, Any]:
     target_index = table[t, _COL['item_index']]
     if self.task == 'fav_genre':
@@ -108,9 +124,9 @@ class Example:
         _tasks.question(self.task, self.nouns, self.names[target_index]))
     header, lines = [], []
     if self.text_prompt:
-      head, text_lines = self.prompt_parts(table, t)
-      header = self.tok.encode(head)
-      lines = [self.tok.encode(line) for line in text_lines]
+      header = self.tok.encode(_tasks.history_header(self.nouns))
+      lines = [self._line(int(r[_COL['item_index']]), int(r[_COL['rating']]))
+               for r in table[t - self.seq_len:t]]
     prompt = _tasks.fit_prompt(header, lines, tail, self.max_prompt - 1)
     out = _tasks.pack(prompt, self.tok.encode(answer), self.tok.bos_id,
                       self.tok.eos_id, self.tok.pad_id, self.max_prompt,
