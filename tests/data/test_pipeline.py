@@ -1,5 +1,7 @@
 """Grain pipeline: shapes, determinism, checkpointable state, process slicing."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -169,3 +171,41 @@ def test_byte_tokenizer_round_trip():
   ids = tok.encode('Amélie; 4.0')
   assert min(ids) >= 3 and tok.decode([tok.bos_id] + ids + [tok.eos_id]) == (
       'Amélie; 4.0')
+
+
+@pytest.mark.parametrize('seq_len', [200, 500])
+def test_long_histories(tmp_path, seq_len):
+  src = tmp_path / 'ml'
+  src.mkdir()
+  (src / 'movies.csv').write_text('movieId,title,genres\n' + ''.join(
+      f'{m},M{m},Drama|Comedy\n' for m in range(50)))
+  (src / 'ratings.csv').write_text('userId,movieId,rating,timestamp\n' + ''.join(
+      f'1,{t % 50},3.5,{t}\n' for t in range(seq_len + 3)))
+  c = dp.default_data_config('movielens', str(src))
+  c.cache_dir = str(tmp_path / 'cache')
+  c.seq_len = seq_len
+  prepared = dp.prepare(c)
+  assert [prepared.num_records(s) for s in dp.SPLITS] == [1, 1, 1]
+  b = next(iter(dp.make_dataset(prepared, 'test', 'fav_genre', batch_size=2,
+                                text_prompt=True, max_prompt_tokens=8192)))
+  assert b['item'].shape == (2, seq_len)
+  assert b['example_mask'].tolist() == [True, False]
+  # Drama and Comedy tie on every event: Drama is listed first.
+  assert prepared.genres[b['target'][0]] == 'Drama'
+  assert b['prompt_len'][0] > seq_len * 10  # The whole history is in the prompt.
+
+
+def test_default_config(monkeypatch):
+  monkeypatch.setenv('USER_LLM_DATA', '/data/ml-25m')
+  c = dp.default_data_config('amazon')
+  assert c.path == '/data/ml-25m' and c.seq_len == 50 and c.stride == 1
+  assert c.features == ('item', 'genre', 'rating') and c.strict
+
+
+@pytest.mark.skipif(not os.environ.get('USER_LLM_TOKENIZER'),
+                    reason='set USER_LLM_TOKENIZER=path/to/tokenizer.model')
+def test_gemma_tokenizer():
+  tok = dp.GemmaTokenizer(os.environ['USER_LLM_TOKENIZER'])
+  assert (tok.bos_id, tok.eos_id, tok.pad_id, tok.vocab_size) == (2, 1, 0, 262144)
+  assert tok.decode(tok.encode('Up (2009); Animation; 4.0\n')) == (
+      'Up (2009); Animation; 4.0\n')
