@@ -38,20 +38,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.name = a.model  # 'ar' (User-LLM encoder) | 'dual' | 'bert4rec' | 'popularity'.
   c.model.fusion = a.fusion  # 'early' (concat features, project) | 'late' (tower per feature).
-  c.model.d_model = 128  # Transformer width D.
+  c.model.d_model = 64  # Transformer width D.
   c.model.num_layers = 2  # Transformer blocks.
   c.model.num_heads = 2  # Attention heads N (head dim D / N).
-  c.model.mlp_dim = 256  # MLP hidden width F.
+  c.model.mlp_dim = 128  # MLP hidden width F.
   c.model.embed_dims = dict(item=64, genre=16, rating=8)  # Per-feature embedding widths.
   c.model.dropout = 0.1  # Dropout on embeddings and residual branches.
   c.model.dtype = 'float32'  # Compute dtype ('bfloat16' on TPU).
+  # AR: score only the last K positions of each window (0 = all). With stride-1
+  # windows consecutive windows share all but one event, so every event is still a
+  # target K times per epoch, with 40-50 events of context like at test time.
+  c.model.loss_last_k = 10
   c.model.temperature = 0.05  # Dual Encoder: softmax temperature on cosine scores.
   c.model.mask_prob = 0.2  # Bert4Rec: fraction of item positions [MASK]ed.
   c.model.last_mask_prob = 0.25  # Bert4Rec: rows where only the last event is masked.
 
   c.train = ml_collections.ConfigDict()
   c.train.seed = 0  # Init, dropout and data-order seed.
-  c.train.batch_size = 64  # Global batch (windows).
+  c.train.batch_size = 32  # Global batch (windows).
   c.train.num_steps = a.steps or 3000  # Optimisation steps.
   c.train.lr = 1e-3  # Peak AdamW learning rate.
   c.train.warmup = 200  # Linear warmup steps, then cosine decay.
@@ -91,6 +95,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.num_heads = 2
     c.model.mlp_dim = 32
     c.model.embed_dims = dict(item=8, genre=4, rating=4)
+    c.model.loss_last_k = 4
     c.train.batch_size = 8
     c.train.num_steps = a.steps or 4
     c.train.warmup = 1

@@ -116,7 +116,7 @@ class PretrainExperiment(train.Experiment):
     if self.model_name == 'ar':
       v = self.model.init(rng, feats, mask)
     elif self.model_name == 'bert4rec':
-      v = self.model.init(rng, {'item': feats['item']}, mask, mask)
+      v = self.model.init(rng, {'item': feats['item']}, mask, mask, jnp.zeros((1, 1), jnp.int32))
     elif self.model_name == 'dual':
       v = self.model.init(rng, feats, mask)
     else:
@@ -131,9 +131,10 @@ class PretrainExperiment(train.Experiment):
     tgt = {f: x[:, 1:] for f, x in feats.items()}
     w = (mask[:, :-1] & mask[:, 1:]).astype(jnp.float32)
     if self.model_name == 'ar':
+      k = self.config.model.loss_last_k or w.shape[1]
       _, logits = self.model.apply({'params': params}, hist, mask[:, :-1], train=True,
-                                   rngs={'dropout': rng})
-      return ue.next_event_loss(logits, tgt, w)
+                                   last_k=k, rngs={'dropout': rng})
+      return ue.next_event_loss(logits, {f: t[:, -k:] for f, t in tgt.items()}, w[:, -k:])
     if self.model_name == 'popularity':
       logits = self.model.apply({'params': params}, w.shape)
       return ue.next_event_loss({'item': logits}, {'item': tgt['item']}, w)
@@ -160,30 +161,39 @@ class PretrainExperiment(train.Experiment):
     return loss, {'loss_item': loss, 'inbatch_acc': acc}
 
   def _bert4rec_loss(self, params, item, mask, rng):
+    """Hides K = round(mask_prob * (U+1)) random real events per row and predicts them."""
     mc = self.config.model
-    r1, r2 = jax.random.split(rng)
-    masked = jax.random.uniform(r1, item.shape) < mc.mask_prob
-    # Also hide just the last event for some rows: the test-time pattern.
-    last = (jax.random.uniform(r2, item.shape[:1]) < mc.last_mask_prob)[:, None]
-    pos_last = jnp.arange(item.shape[1])[None] == item.shape[1] - 1
-    masked = jnp.where(last, pos_last, masked) & mask
-    logits = self.model.apply({'params': params}, {'item': item}, mask, masked, train=True,
-                              rngs={'dropout': rng})
-    return ue.next_event_loss({'item': logits}, {'item': item}, masked.astype(jnp.float32))
+    r1, r2, r3 = jax.random.split(rng, 3)
+    b, u = item.shape
+    k = max(1, round(mc.mask_prob * u))
+    # Random real positions (padding sorts last); some rows hide only the last event,
+    # the test-time pattern.
+    noise = jax.random.uniform(r1, (b, u)) + mask
+    last_only = jax.random.uniform(r2, (b, 1)) < mc.last_mask_prob
+    noise = jnp.where(last_only & (jnp.arange(u) == u - 1), 3.0, noise)
+    _, pos = jax.lax.top_k(noise, k)
+    w = jnp.take_along_axis(mask, pos, axis=1)
+    w = jnp.where(last_only, pos == u - 1, w)
+    masked = jnp.zeros((b, u), bool).at[jnp.arange(b)[:, None], pos].set(w)
+    logits = self.model.apply({'params': params}, {'item': item}, mask, masked, pos,
+                              train=True, rngs={'dropout': r3})
+    tgt = jnp.take_along_axis(item, pos, axis=1)
+    return ue.next_event_loss({'item': logits}, {'item': tgt}, w.astype(jnp.float32))
 
   # -- data
   def _dataset(self, split, batch_size, seed, num_epochs):
+    """This process's slice of global batches of `split`."""
     if self.prepared is None:
-      return synthetic_dataset(self.data_cfg, split, batch_size, seed, num_epochs)
+      return synthetic_dataset(self.data_cfg, split, batch_size // jax.process_count(), seed,
+                               num_epochs)
     import data_pipelines  # pylint: disable=g-import-not-at-top
     return data_pipelines.make_dataset(
         self.prepared, split, 'next_event', batch_size=batch_size, seed=seed,
-        num_epochs=num_epochs, shard_index=jax.process_index(),
-        shard_count=jax.process_count())
+        shuffle=split == 'train', num_epochs=num_epochs,
+        process_index=jax.process_index(), process_count=jax.process_count())
 
   def train_dataset(self, seed):
-    bs = self.config.train.batch_size // jax.process_count()
-    return iter(self._dataset('train', bs, seed, None))
+    return iter(self._dataset('train', self.config.train.batch_size, seed, None))
 
   # -- eval
   def _scores(self, params, batch):
@@ -202,7 +212,8 @@ class PretrainExperiment(train.Experiment):
       cat = self.model.apply({'params': params}, jnp.arange(self.num_items), method='items')
       return jnp.einsum('BD,VD->BV', _l2(user), _l2(cat)), {}
     masked = jnp.zeros(mask.shape, bool).at[:, -1].set(True)
-    logits = self.model.apply({'params': params}, {'item': feats['item']}, mask, masked)
+    last = jnp.full((mask.shape[0], 1), mask.shape[1] - 1, jnp.int32)
+    logits = self.model.apply({'params': params}, {'item': feats['item']}, mask, masked, last)
     return logits[:, -1], {}
 
   def _eval_sums(self, params, batch):

@@ -9,7 +9,8 @@ Train state: a dict `{'step': int32[], 'params': ..., 'opt_state': ...}`.
 """
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+import dataclasses
 import functools
 import importlib
 import json
@@ -102,6 +103,52 @@ def _with_shardings(abstract, shardings):
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
 
+@dataclasses.dataclass
+class TrainSetup:
+  """What `create_train_state` derives: optimizer, shardings and state builders."""
+
+  tx: optax.GradientTransformation
+  abstract_state: PyTree  # ShapeDtypeStructs carrying their NamedShardings.
+  state_shardings: PyTree
+  from_scratch: Callable[[], PyTree]  # Fresh sharded state (+ load_pretrained hook).
+  from_params: Callable[[PyTree], PyTree]  # State at step 0 around given params.
+
+
+def create_train_state(config, mesh, exp: Experiment, init_rng: jax.Array) -> TrainSetup:
+  """Shapes first (`jax.eval_shape`), then shardings, then jitted sharded init.
+
+  Nothing is materialised on one device: params come out of
+  `jax.jit(init_params, out_shardings=...)` already sharded.
+  """
+  abstract_params = jax.eval_shape(exp.init_params, init_rng)
+  tx = optim.make(config.train, abstract_params)
+
+  def init_state(params):
+    return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init(params)}
+
+  abstract_state = jax.eval_shape(init_state, abstract_params)
+  state_sh = sharding.tree_shardings(abstract_state, exp.sharding_rules, mesh)
+  init_state_jit = jax.jit(init_state, in_shardings=(state_sh['params'],), out_shardings=state_sh)
+
+  def from_params(params):
+    return init_state_jit(jax.device_put(params, state_sh['params']))
+
+  def from_scratch():
+    params = jax.jit(exp.init_params, out_shardings=state_sh['params'])(init_rng)
+    return from_params(exp.load_pretrained(params))
+
+  return TrainSetup(tx, _with_shardings(abstract_state, state_sh), state_sh, from_scratch,
+                    from_params)
+
+
+def make_train_step(exp: Experiment, tx, state_sh, batch_sh, mesh):
+  """`train_step` jitted with explicit shardings, donating the old state."""
+  rep = sharding.replicated(mesh)
+  return jax.jit(functools.partial(train_step, loss_fn=exp.loss_fn, tx=tx),
+                 in_shardings=(state_sh, batch_sh, rep), out_shardings=(state_sh, rep),
+                 donate_argnums=(0,))
+
+
 class _Writer:
   """TensorBoard (tensorboardX) + metrics.jsonl on process 0; no-op elsewhere."""
 
@@ -148,38 +195,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   exp = get_experiment(config, mesh)
   init_rng, train_rng = jax.random.split(jax.random.key(tc.seed))
 
-  # Shapes first, then shardings, then the sharded init: nothing sits on one device.
-  abstract_params = jax.eval_shape(exp.init_params, init_rng)
-  tx = optim.make(tc, abstract_params)
-
-  def init_state(params):
-    return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init(params)}
-
-  abstract_state = jax.eval_shape(init_state, abstract_params)
-  state_sh = sharding.tree_shardings(abstract_state, exp.sharding_rules, mesh)
-  abstract_state = _with_shardings(abstract_state, state_sh)
-  num_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(abstract_params))
+  setup = create_train_state(config, mesh, exp, init_rng)
+  tx, state_sh, abstract_state = setup.tx, setup.state_shardings, setup.abstract_state
+  num_params = sum(int(np.prod(x.shape))
+                   for x in jax.tree_util.tree_leaves(abstract_state['params']))
   logging.info('Params: %d', num_params)
-
-  init_state_jit = jax.jit(init_state, in_shardings=(state_sh['params'],), out_shardings=state_sh)
-
-  def from_params(params):
-    return init_state_jit(jax.device_put(params, state_sh['params']))
-
-  def from_scratch():
-    params = jax.jit(exp.init_params, out_shardings=state_sh['params'])(init_rng)
-    return from_params(exp.load_pretrained(params))
 
   data_iter = exp.train_dataset(tc.seed)
   ckpt = checkpointing.Checkpointer(workdir, max_to_keep=tc.get('keep_checkpoints', 2),
                                     use_async=tc.get('async_checkpoint', True))
   state, how = checkpointing.restore_or_init(
-      ckpt, abstract_state, data_iter, from_scratch,
-      init_checkpoint=tc.get('init_checkpoint', None), init_state_from_params=from_params)
+      ckpt, abstract_state, data_iter, setup.from_scratch,
+      init_checkpoint=tc.get('init_checkpoint', None), init_state_from_params=setup.from_params)
   step = int(jax.device_get(state['step']))
   logging.info('Train state from %s, step %d of %d.', how, step, tc.num_steps)
 
-  rep = sharding.replicated(mesh)
   batch_sh = None  # Fixed from the first batch (ranks differ per key).
   step_fn = None
   writer = _Writer(workdir)
@@ -194,10 +224,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       batch = sharding.shard_batch(next(data_iter), mesh)
       if step_fn is None:
         batch_sh = {k: v.sharding for k, v in batch.items()}
-        step_fn = jax.jit(
-            functools.partial(train_step, loss_fn=exp.loss_fn, tx=tx),
-            in_shardings=(state_sh, batch_sh, rep), out_shardings=(state_sh, rep),
-            donate_argnums=(0,))
+        step_fn = make_train_step(exp, tx, state_sh, batch_sh, mesh)
       state, metrics = step_fn(state, batch, train_rng)
       if pending is not None:
         _check_finite(*pending)

@@ -76,10 +76,20 @@ class Bert4Rec(nn.Module):
     enc = self.user_encoder
     self.heads = ue.NextEventHeads({'item': self.mask_id}, enc.dtype, enc.param_dtype)
 
-  def __call__(self, features, mask, masked: Array, train: bool = False):
-    """Args: feature -> [B, U]; mask, masked bool [B, U]. Returns item logits [B, U, V]."""
+  def __call__(self, features, mask, masked: Array, positions: Array, train: bool = False):
+    """Item logits at chosen positions.
+
+    Args:
+      features: feature -> int32 [B, U]; mask, masked: bool [B, U].
+      positions: int32 [B, K] positions to score (the vocabulary head is costly).
+
+    Returns:
+      float32 [B, K, V].
+    """
     features = dict(features, item=jnp.where(masked, self.mask_id, features['item']))
-    return self.heads(self.user_encoder(features, mask, train))['item']
+    h = self.user_encoder(features, mask, train)
+    h = jnp.take_along_axis(h, positions[..., None], axis=1)
+    return self.heads(h)['item']
 
 
 class Popularity(nn.Module):

@@ -17,8 +17,7 @@ Letters: B batch, L tokens, P prefix length, S cache length, D width, V vocab.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-import dataclasses
-
+import flax
 import flax.linen as nn
 from gemma import gm
 import jax
@@ -61,7 +60,7 @@ def positions_from_mask(input_mask: jax.Array) -> jax.Array:
   return (positions - (positions >= 1)).astype(jnp.int32)
 
 
-@dataclasses.dataclass(frozen=True)
+@flax.struct.dataclass
 class DecoderOutput:
   """What `GemmaDecoder.__call__` returns."""
 

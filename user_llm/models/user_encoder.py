@@ -203,10 +203,14 @@ class UserEncoderLM(nn.Module):
              if self.head_features is None or f in self.head_features}
     self.heads = NextEventHeads(vocab, enc.dtype, enc.param_dtype)
 
-  def __call__(self, features, mask, train: bool = False):
-    """Returns (embeddings [B, U, D], feature -> logits [B, U, V_f])."""
+  def __call__(self, features, mask, train: bool = False, last_k: int | None = None):
+    """Returns (embeddings [B, U, D], feature -> logits [B, K, V_f]).
+
+    `last_k` restricts the heads to the last K positions (K = U if None): the
+    vocabulary-sized heads dominate the cost, so training may score fewer positions.
+    """
     h = self.user_encoder(features, mask, train)
-    return h, self.heads(h)
+    return h, self.heads(h if last_k is None else h[:, -last_k:])
 
 
 def next_event_loss(logits: Mapping[str, Array], targets: Mapping[str, Array],
