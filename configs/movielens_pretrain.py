@@ -55,9 +55,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.train = ml_collections.ConfigDict()
   c.train.seed = 0  # Init, dropout and data-order seed.
-  c.train.batch_size = 32  # Global batch (windows).
-  c.train.num_steps = a.steps or 3000  # Optimisation steps.
-  c.train.lr = 1e-3  # Peak AdamW learning rate.
+  c.train.batch_size = 64  # Global batch (windows).
+  c.train.num_steps = a.steps or 2500  # Optimisation steps.
+  c.train.lr = 2e-3  # Peak AdamW learning rate.
   c.train.warmup = 200  # Linear warmup steps, then cosine decay.
   c.train.min_lr_ratio = 0.1  # Final lr = lr * min_lr_ratio.
   c.train.weight_decay = 0.01  # AdamW decoupled decay (matrices only).

@@ -136,8 +136,12 @@ class PretrainExperiment(train.Experiment):
                                    last_k=k, rngs={'dropout': rng})
       return ue.next_event_loss(logits, {f: t[:, -k:] for f, t in tgt.items()}, w[:, -k:])
     if self.model_name == 'popularity':
-      logits = self.model.apply({'params': params}, w.shape)
-      return ue.next_event_loss({'item': logits}, {'item': tgt['item']}, w)
+      # Same as next_event_loss on broadcast logits, without the [B, U, V] tensor.
+      logits = self.model.apply({'params': params}, ())
+      w = w * (tgt['item'] > 0)
+      ce = jax.nn.logsumexp(logits) - logits[tgt['item']]
+      loss = (ce * w).sum() / jnp.maximum(w.sum(), 1.0)
+      return loss, {'loss_item': loss}
     if self.model_name == 'dual':
       return self._dual_loss(params, hist, mask[:, :-1], tgt['item'], w)
     return self._bert4rec_loss(params, feats['item'], mask, rng)

@@ -258,5 +258,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'results.json'), 'w') as f:
       json.dump({'step': step, 'train_wall_s': train_wall, 'total_wall_s': time.time() - t_start,
-                 'num_params': num_params, 'resumed': how, **eval_metrics}, f, indent=1)
+                 'num_params': num_params, 'resumed': how,
+                 'config': {'batch_size': tc.batch_size, 'num_steps': tc.num_steps},
+                 **eval_metrics}, f, indent=1)
   return eval_metrics

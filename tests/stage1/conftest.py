@@ -1,0 +1,25 @@
+"""Stage-1 test helpers: the repo root and a tiny synthetic config."""
+
+import os
+import pathlib
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # `configs` is a top-level folder of the repo.
+  sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture
+def tiny_config():
+  """`configs/movielens_pretrain.py:runlocal,synthetic`, unlocked for edits."""
+  from configs import movielens_pretrain  # pylint: disable=g-import-not-at-top
+  return movielens_pretrain.get_config('runlocal,synthetic')
+
+
+def launcher_env(**extra) -> dict[str, str]:
+  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS='cpu', **extra)
+  env.pop('XLA_FLAGS', None)
+  env.update(extra)
+  return env

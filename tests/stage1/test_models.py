@@ -1,0 +1,141 @@
+"""Layer numerics and model shapes of the stage-1 user encoder and baselines."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from user_llm import metrics, optim, sharding
+from user_llm.models import baselines
+from user_llm.models import user_encoder as ue
+
+VOCAB = {'item': 30, 'genre': 6, 'rating': 5}
+DIMS = {'item': 8, 'genre': 4, 'rating': 4}
+
+
+def _feats(b=2, u=6, seed=0):
+  rng = np.random.default_rng(seed)
+  return {f: jnp.asarray(rng.integers(2, v, (b, u)), jnp.int32) for f, v in VOCAB.items()}
+
+
+def _encoder(**kw):
+  return ue.UserEncoder(VOCAB, DIMS, d_model=16, num_layers=2, num_heads=2, mlp_dim=32,
+                        max_len=8, **kw)
+
+
+@pytest.mark.parametrize('fusion', ['early', 'late'])
+def test_causal_output_ignores_future_events(fusion):
+  model = _encoder(fusion=fusion)
+  feats, mask = _feats(), jnp.ones((2, 6), bool)
+  params = model.init(jax.random.key(0), feats, mask)
+  out = model.apply(params, feats, mask)
+  changed = {f: x.at[:, 4:].set(3) for f, x in feats.items()}
+  out2 = model.apply(params, changed, mask)
+  np.testing.assert_allclose(out[:, :4], out2[:, :4], atol=1e-6)
+  assert not np.allclose(out[:, 4:], out2[:, 4:])
+
+
+def test_bidirectional_sees_future():
+  model = _encoder(causal=False)
+  feats, mask = _feats(), jnp.ones((2, 6), bool)
+  params = model.init(jax.random.key(0), feats, mask)
+  changed = {f: x.at[:, 5].set(3) for f, x in feats.items()}
+  assert not np.allclose(model.apply(params, feats, mask)[:, 0],
+                         model.apply(params, changed, mask)[:, 0])
+
+
+def test_padding_is_ignored_and_finite():
+  model = _encoder()
+  feats = _feats()
+  mask = jnp.ones((2, 6), bool).at[:, :2].set(False)
+  params = model.init(jax.random.key(0), feats, mask)
+  out = model.apply(params, feats, mask)
+  padded = {f: x.at[:, :2].set(0) for f, x in feats.items()}
+  np.testing.assert_allclose(out[:, 2:], model.apply(params, padded, mask)[:, 2:], atol=1e-6)
+  assert np.isfinite(np.asarray(out)).all()
+
+
+@pytest.mark.parametrize('fusion', ['early', 'late'])
+def test_shapes_and_param_tree(fusion):
+  model = ue.UserEncoderLM(_encoder(fusion=fusion))
+  feats, mask = _feats(4, 8), jnp.ones((4, 8), bool)
+  variables = jax.eval_shape(model.init, jax.random.key(0), feats, mask)
+  h, logits = jax.eval_shape(lambda v: model.apply(v, feats, mask, last_k=3), variables)
+  assert h.shape == (4, 8, 16)
+  assert {f: l.shape for f, l in logits.items()} == {f: (4, 3, v) for f, v in VOCAB.items()}
+  p = variables['params']
+  assert set(p) == {'user_encoder', 'heads'}
+  if fusion == 'early':
+    assert p['user_encoder']['fuse']['kernel'].shape == (16, 16)  # sum of DIMS -> D.
+    assert p['user_encoder']['transformer']['layer_0']['attn']['q'].shape == (16, 2, 8)
+  else:
+    assert {'tower_item', 'tower_genre', 'tower_rating', 'combine'} <= set(p['user_encoder'])
+
+
+def test_baseline_shapes():
+  feats, mask = _feats(3, 5), jnp.ones((3, 5), bool)
+  de = baselines.DualEncoder(VOCAB, DIMS, d_model=16, mlp_dim=32)
+  v = jax.eval_shape(de.init, jax.random.key(0), feats, mask)
+  user = jax.eval_shape(lambda v: de.apply(v, feats, mask, method='user'), v)
+  items = jax.eval_shape(lambda v: de.apply(v, jnp.arange(30), method='items'), v)
+  assert user.shape == (3, 5, 16) and items.shape == (30, 16)
+  enc = ue.UserEncoder({'item': 31}, {'item': 8}, d_model=16, num_heads=2, mlp_dim=32,
+                       max_len=8, causal=False)
+  b4r = baselines.Bert4Rec(enc)
+  pos = jnp.zeros((3, 2), jnp.int32)
+  v = jax.eval_shape(b4r.init, jax.random.key(0), {'item': feats['item']}, mask, mask, pos)
+  out = jax.eval_shape(lambda v: b4r.apply(v, {'item': feats['item']}, mask, mask, pos), v)
+  assert out.shape == (3, 2, 30)
+  pop = baselines.Popularity(30)
+  assert pop.apply(pop.init(jax.random.key(0), (2,)), (2,)).shape == (2, 30)
+
+
+def test_next_event_loss_exact():
+  logits = {'item': jnp.log(jnp.asarray([[[0.5, 0.25, 0.25]]]))}
+  loss, m = ue.next_event_loss(logits, {'item': jnp.asarray([[1]])}, jnp.ones((1, 1)))
+  np.testing.assert_allclose(loss, np.log(4.0), rtol=1e-6)
+  assert float(m['acc_item']) == 0.0
+
+
+def test_rank_metrics_exact():
+  scores = jnp.asarray([[0., 0., 5., 4., 3., 9.],
+                        [0., 0., 1., 2., 3., 4.]])
+  target = jnp.asarray([3, 2])
+  history = jnp.asarray([[5], [4]])
+  excl = metrics.exclusion_mask(history, jnp.ones((2, 1), bool), 6, exclude_seen=True)
+  m = metrics.rank_metrics(scores, target, excl, ks=(1, 2), ndcg_k=3)
+  # Row 0: item 5 (seen) excluded, target 3 ranks second after item 2.
+  # Row 1: item 4 excluded; items 5 and 3 outrank target 2: rank 2 (0-based).
+  np.testing.assert_allclose(m['recall@1'], [0, 0])
+  np.testing.assert_allclose(m['recall@2'], [1, 0])
+  np.testing.assert_allclose(m['ndcg@3'], [1 / np.log2(3), 1 / np.log2(4)], rtol=1e-6)
+  m2 = metrics.rank_metrics(scores, target,
+                            metrics.exclusion_mask(history, jnp.ones((2, 1), bool), 6, False),
+                            ks=(1,), ndcg_k=3)
+  np.testing.assert_allclose(m2['ndcg@3'], [0.5, 0.0])
+
+
+def test_freeze_rules_leave_no_optimizer_state():
+  params = {'decoder': {'w': jnp.ones((4, 4))}, 'user_encoder': {'w': jnp.ones((4, 4))}}
+  cfg = dict(lr=0.1, warmup=0, num_steps=10)
+  from ml_collections import ConfigDict
+  for freeze in (['decoder/.*'], [('decoder/.*', None), ('.*', 'adamw')]):
+    tx = optim.make(ConfigDict(dict(cfg, freeze=freeze)), params)
+    state = tx.init(params)
+    shapes = [x.shape for x in jax.tree_util.tree_leaves(state) if np.ndim(x)]
+    assert shapes == [(4, 4), (4, 4)]  # mu and nu of user_encoder/w only.
+    updates, _ = tx.update(params, state, params)
+    new = optax.apply_updates(params, updates)
+    np.testing.assert_array_equal(new['decoder']['w'], params['decoder']['w'])
+    assert not np.allclose(new['user_encoder']['w'], params['user_encoder']['w'])
+
+
+def test_sharding_rules():
+  mesh = sharding.make_mesh([('data', -1), ('fsdp', 1), ('tensor', 1)])
+  rules = [('.*attn/q', ('fsdp', 'tensor', None)), ('.*', None)]
+  spec = sharding.spec_for('user_encoder/transformer/layer_0/attn/q', (16, 2, 8), rules, mesh)
+  assert tuple(spec) == ('fsdp', 'tensor', None)
+  # Optimizer states match by suffix; rank mismatch falls back to replication.
+  assert tuple(sharding.spec_for('0/mu/x/attn/q', (16, 2, 8), rules, mesh))[0] == 'fsdp'
+  assert tuple(sharding.spec_for('x/attn/q', (16,), rules, mesh)) == ()
