@@ -89,14 +89,6 @@ class Example:
       out.update(self._stage2(table, t, _records.text(offsets, blob, t)))
     return out
 
-  def prompt_parts(self, table: np.ndarray, t: int) -> tuple[str, list[str]]:
-    """(header, one line per history event) of the text-prompt serialisation."""
-    lines = [_tasks.event_line(self.names[r[_COL['item_index']]],
-                               self.genres[r[_COL['item_index']]],
-                               self.ratings.value(int(r[_COL['rating']])))
-             for r in table[t - self.seq_len:t]]
-    return _tasks.history_header(self.nouns), lines
-
   def _line(self, item_index: int, rating: int) -> list[int]:
     key = (item_index, rating)
     ids = self._line_tokens.get(key)
