@@ -1,0 +1,168 @@
+"""User-LLM: a user encoder contextualising a pretrained Gemma decoder.
+
+Param tree (sibling scopes, so loading and freezing are path regexes):
+  user_encoder/    the stage-1 encoder (`UserEncoder`), loaded from a stage-1 workdir
+  projection/      Dense from encoder width to Gemma width
+  resampler/       optional Perceiver (R latents)
+  cross_attention/ gated blocks `layer_{i}` run before decoder layer i
+  decoder/         exactly `gm.nn.Gemma3_*`'s tree (+ `lora` leaves with LoRA)
+
+Modes (`mode`):
+  'cross_attention': user memory reaches the decoder through gated cross-attention;
+  'soft_prompt':     user memory is prepended as prefix embeddings (prefix-LM mask);
+  'text_prompt':     the baseline: no user side, the history is text in the prompt.
+
+The user side is computed once per user (`user_memory` then `memory_kv`) and passed to
+every decoder call, so generation and repeated prompts never re-run the encoder or the
+cross-attention K/V projections.
+
+Letters: B batch, U user events, S memory length (U, or R with the Perceiver), L
+tokens, D Gemma width, E encoder width.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+from gemma import gm
+import jax
+import jax.numpy as jnp
+
+from user_llm.models import cross_attention as xattn_lib
+from user_llm.models import gemma as gemma_lib
+from user_llm.models import user_encoder as ue
+
+MODES = ('cross_attention', 'soft_prompt', 'text_prompt')
+
+
+class UserLLM(nn.Module):
+  """See the module docstring.
+
+  Attributes:
+    decoder_config: the Gemma `TransformerConfig`.
+    user_encoder: a `UserEncoder` (adopted under the scope `user_encoder`; None in
+      'text_prompt' mode).
+    mode: one of MODES.
+    xattn_layers: decoder layers preceded by a gated cross-attention block.
+    num_latents: Perceiver latents R; 0 = no Perceiver.
+    perceiver_depth: Perceiver layers.
+    lora_rank: >0 wraps the decoder in `gm.nn.LoRA` (strategy LoRA).
+  """
+
+  decoder_config: gm.nn.config.TransformerConfig
+  user_encoder: ue.UserEncoder | None
+  mode: str = 'cross_attention'
+  xattn_layers: Sequence[int] = ()
+  num_latents: int = 0
+  perceiver_depth: int = 2
+  lora_rank: int = 0
+
+  def setup(self):
+    if self.mode not in MODES:
+      raise ValueError(f'Unknown User-LLM mode {self.mode!r}; expected one of {MODES}')
+    cfg = self.decoder_config
+    decoder = gemma_lib.GemmaDecoder(cfg)
+    if self.lora_rank:
+      decoder = gm.nn.LoRA(rank=self.lora_rank, model=decoder, dtype=jnp.float32)
+    self.decoder = decoder
+    if self.mode == 'text_prompt':
+      return
+    self.projection = nn.Dense(cfg.embed_dim, name='projection')
+    if self.num_latents:
+      self.resampler = xattn_lib.PerceiverResampler(
+          num_latents=self.num_latents, depth=self.perceiver_depth,
+          num_heads=cfg.num_heads, head_dim=cfg.head_dim, hidden_dim=cfg.hidden_dim)
+    if self.mode == 'cross_attention':
+      if not self.xattn_layers:
+        raise ValueError('mode=cross_attention needs at least one layer in xattn_layers')
+      bad = [i for i in self.xattn_layers if not 0 <= i < cfg.num_layers]
+      if bad:
+        raise ValueError(f'xattn_layers {bad} outside the decoder\'s {cfg.num_layers} layers')
+      self.cross_attention = xattn_lib.CrossAttentionStack(
+          layers=tuple(self.xattn_layers), embed_dim=cfg.embed_dim, memory_dim=cfg.embed_dim,
+          num_heads=cfg.num_heads, head_dim=cfg.head_dim, hidden_dim=cfg.hidden_dim)
+
+  @property
+  def config(self):  # What `sampling.generate` reads to size the KV cache.
+    return self.decoder_config
+
+  def user_memory(self, features: Mapping[str, jax.Array], mask: jax.Array):
+    """Encoder -> projection -> [Perceiver].
+
+    Args:
+      features: int[B, U] per feature.
+      mask: bool[B, U], True on real events.
+
+    Returns:
+      memory float[B, S, D], memory_mask bool[B, S].
+    """
+    h = self.user_encoder(features, mask)  # [B, U, E]
+    memory = self.projection(h)
+    if self.num_latents:
+      memory = self.resampler(memory, mask)
+      mask = jnp.ones(memory.shape[:2], bool)
+    return memory, mask
+
+  def memory_kv(self, memory: jax.Array) -> xattn_lib.MemoryKV:
+    """Per-user K/V of every cross-attention block (cached with the KV cache)."""
+    return self.cross_attention.memory_kv(memory)
+
+  def __call__(
+      self,
+      tokens: jax.Array,
+      *,
+      memory_kv: xattn_lib.MemoryKV | None = None,
+      memory_mask: jax.Array | None = None,
+      prefix: jax.Array | None = None,
+      prefix_mask: jax.Array | None = None,
+      **decoder_kwargs: Any,
+  ) -> gemma_lib.DecoderOutput:
+    """The decoder with the user side plugged in (see `GemmaDecoder.__call__`).
+
+    Args:
+      tokens: int[B, L].
+      memory_kv: from `memory_kv` (mode 'cross_attention').
+      memory_mask: bool[B, S].
+      prefix: float[B, S, D] soft prompt (mode 'soft_prompt'), i.e. the memory.
+      prefix_mask: bool[B, S].
+      **decoder_kwargs: input_mask, positions, attention_mask, cache, last_only.
+    """
+    hook = None
+    if memory_kv is not None:
+      def hook(i, x):
+        return self.cross_attention(i, x, memory_kv, memory_mask)
+    return self.decoder(
+        tokens, prefix=prefix, prefix_mask=prefix_mask, layer_hook=hook,
+        hook_layers=tuple(self.xattn_layers) if hook else (), **decoder_kwargs)
+
+  def forward(self, features, mask, tokens, input_mask=None) -> gemma_lib.DecoderOutput:
+    """Training/eval forward: user side then decoder. Logits cover prefix + tokens."""
+    if self.mode == 'text_prompt':
+      return self(tokens, input_mask=input_mask)
+    memory, memory_mask = self.user_memory(features, mask)
+    if self.mode == 'soft_prompt':
+      return self(tokens, prefix=memory, prefix_mask=memory_mask, input_mask=input_mask)
+    return self(tokens, memory_kv=self.memory_kv(memory), memory_mask=memory_mask,
+                input_mask=input_mask)
+
+  def init_all(self, features, mask, tokens):
+    """Touches every submodule (for `init`)."""
+    return self.forward(features, mask, tokens)
+
+
+def user_inputs(model: UserLLM, params, features, mask) -> dict[str, Any]:
+  """The per-user inputs of every later decoder call, computed once.
+
+  Returns the keyword arguments for `UserLLM.__call__` (and `sampling.generate`'s
+  `prefix`/`model_kwargs`): {} for text_prompt, {'prefix', 'prefix_mask'} for
+  soft_prompt, {'memory_kv', 'memory_mask'} for cross_attention.
+  """
+  if model.mode == 'text_prompt':
+    return {}
+  memory, memory_mask = model.apply({'params': params}, features, mask, method='user_memory')
+  if model.mode == 'soft_prompt':
+    return {'prefix': memory, 'prefix_mask': memory_mask}
+  kv = model.apply({'params': params}, memory, method='memory_kv')
+  return {'memory_kv': kv, 'memory_mask': memory_mask}
