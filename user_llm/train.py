@@ -247,14 +247,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         eval_metrics = exp.evaluate(state['params'], step)
         logging.info('eval step %d: %s', step, eval_metrics)
         writer.write(step, 'eval', eval_metrics)
+    train_wall = time.time() - t_train
+    if not eval_metrics:  # Resumed a finished run: evaluate its final state.
+      eval_metrics = exp.evaluate(state['params'], step)
   finally:  # Let a pending async save finish (or fail) before leaving.
-    ckpt.wait()
-
-  train_wall = time.time() - t_train
-  if not eval_metrics:  # Resumed a finished run: evaluate its final state.
-    eval_metrics = exp.evaluate(state['params'], step)
-  ckpt.close()
-  writer.close()
+    ckpt.close()
+    writer.close()
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'results.json'), 'w') as f:
       json.dump({'step': step, 'train_wall_s': train_wall, 'total_wall_s': time.time() - t_start,

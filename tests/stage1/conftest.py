@@ -1,6 +1,5 @@
 """Stage-1 test helpers: the repo root and a tiny synthetic config."""
 
-import os
 import pathlib
 import sys
 
@@ -17,9 +16,3 @@ def tiny_config():
   from configs import movielens_pretrain  # pylint: disable=g-import-not-at-top
   return movielens_pretrain.get_config('runlocal,synthetic')
 
-
-def launcher_env(**extra) -> dict[str, str]:
-  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS='cpu', **extra)
-  env.pop('XLA_FLAGS', None)
-  env.update(extra)
-  return env

@@ -1,0 +1,100 @@
+"""End to end: training steps, checkpoints, resume order, kill -9 bit-exact resume."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from user_llm import checkpointing, pretrain, train
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def launcher_env(**extra) -> dict[str, str]:
+  """Environment of a launcher subprocess: CPU, repo importable, own XLA flags."""
+  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS='cpu')
+  env.pop('XLA_FLAGS', None)
+  env.update(extra)
+  return env
+
+
+def _tree_equal(a, b):
+  la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+  assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+  return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb))
+
+
+def test_train_checkpoint_resume_and_init(tiny_config, tmp_path):
+  c = tiny_config
+  c.train.num_steps = 4
+  run = str(tmp_path / 'run')
+  metrics = train.train_and_evaluate(c, run)
+  assert {'recall@1', 'recall@5', 'recall@10', 'ndcg@10', 'acc_item'} <= set(metrics)
+  assert sorted(os.listdir(os.path.join(run, 'checkpoints')))[-1] == '4'
+  assert any(f.startswith('events') for f in os.listdir(os.path.join(run, 'tb')))
+  encoder = checkpointing.load_params(run, 'user_encoder')
+  assert 'transformer' in encoder and 'embed_item' in encoder
+  # An existing run resumes.
+  c.train.num_steps = 6
+  train.train_and_evaluate(c, run)
+  with open(os.path.join(run, 'results.json')) as f:
+    assert json.load(f)['resumed'] == 'resumed@4'
+  # A new run starts from the init checkpoint's params.
+  c.train.init_checkpoint = run
+  c.train.num_steps = 1
+  train.train_and_evaluate(c, str(tmp_path / 'from_init'))
+  with open(tmp_path / 'from_init' / 'results.json') as f:
+    assert json.load(f)['resumed'] == 'init_checkpoint'
+
+
+def test_non_finite_loss_names_the_step(tiny_config, tmp_path, monkeypatch):
+
+  class NanExperiment(pretrain.PretrainExperiment):
+
+    def loss_fn(self, params, batch, rng):
+      loss, m = super().loss_fn(params, batch, rng)
+      return loss * np.nan, m
+
+  monkeypatch.setattr(train, 'get_experiment', NanExperiment)
+  with pytest.raises(FloatingPointError, match='at step 1'):
+    train.train_and_evaluate(tiny_config, str(tmp_path))
+
+
+def _launch(workdir, steps):
+  return subprocess.Popen(
+      [sys.executable, '-m', 'launch.main',
+       '--config=configs/movielens_pretrain.py:runlocal,synthetic',
+       f'--config.train.num_steps={steps}', '--config.train.ckpt_every=20',
+       '--config.train.log_every=50', '--config.eval.max_batches=1', f'--workdir={workdir}'],
+      cwd=ROOT, env=launcher_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def test_kill9_resume_is_bit_exact(tmp_path):
+  steps = 400
+  killed, clean = tmp_path / 'killed', tmp_path / 'clean'
+  proc = _launch(killed, steps)
+  ckpts = killed / 'checkpoints'
+  deadline = time.time() + 240
+  while not (ckpts.is_dir() and any(d.isdigit() for d in os.listdir(ckpts))):
+    assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+    assert time.time() < deadline
+    time.sleep(0.02)
+  os.kill(proc.pid, signal.SIGKILL)
+  assert proc.wait() == -signal.SIGKILL
+  first = min(int(d) for d in os.listdir(ckpts) if d.isdigit())
+  assert first < steps
+  for p in (_launch(killed, steps), _launch(clean, steps)):
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err.decode()[-3000:]
+  with open(killed / 'results.json') as f:
+    assert json.load(f)['resumed'].startswith('resumed@')
+  a = checkpointing.load_params(str(killed))
+  b = checkpointing.load_params(str(clean))
+  assert _tree_equal(a, b)
