@@ -96,7 +96,8 @@ class PretrainExperiment(train.Experiment):
     embed_dims = {f: mc.embed_dims[f] for f in self.features}
     if self.model_name == 'ar':
       return ue.UserEncoderLM(ue.UserEncoder(self.vocab_sizes, embed_dims, max_len=seq_len,
-                                             causal=True, **kw))
+                                             causal=True, **kw),
+                              tie_item_head=mc.get('tie_item_head', False))
     if self.model_name == 'bert4rec':
       # Items only (as in Bert4Rec): other features of the [MASK]ed target would leak it.
       enc = ue.UserEncoder({'item': self.num_items + 1}, {'item': embed_dims['item']},

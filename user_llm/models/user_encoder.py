@@ -12,6 +12,7 @@ Parameter tree of `UserEncoderLM` (names are an API, stage 2 loads `user_encoder
                                                      transformer per feature)
   user_encoder/combine/kernel, bias                 (late fusion) [M * D, D]
   heads/{feature}/kernel, bias                      [D, V_f] next-event heads
+  item_proj/kernel, bias; item_bias                 (tie_item_head) [D, E_item]; [V_item]
 """
 
 from collections.abc import Mapping, Sequence
@@ -196,12 +197,21 @@ class UserEncoderLM(nn.Module):
 
   user_encoder: UserEncoder  # Adopted under the scope name `user_encoder`.
   head_features: Sequence[str] | None = None  # None: a head for every feature.
+  # Score items against the input item embeddings (SASRec-style weight tying):
+  # heads/item_proj maps D -> E_item, plus a per-item bias heads/item_bias.
+  tie_item_head: bool = False
 
   def setup(self):
     enc = self.user_encoder
     vocab = {f: v for f, v in enc.vocab_sizes.items()
-             if self.head_features is None or f in self.head_features}
+             if (self.head_features is None or f in self.head_features)
+             and not (self.tie_item_head and f == 'item')}
     self.heads = NextEventHeads(vocab, enc.dtype, enc.param_dtype)
+    if self.tie_item_head:
+      self.item_proj = nn.Dense(enc.embed_dims['item'], dtype=enc.dtype,
+                                param_dtype=enc.param_dtype, name='item_proj')
+      self.item_bias = self.param('item_bias', nn.initializers.zeros,
+                                  (enc.vocab_sizes['item'],), enc.param_dtype)
 
   def __call__(self, features, mask, train: bool = False, last_k: int | None = None):
     """Returns (embeddings [B, U, D], feature -> logits [B, K, V_f]).
@@ -210,7 +220,13 @@ class UserEncoderLM(nn.Module):
     vocabulary-sized heads dominate the cost, so training may score fewer positions.
     """
     h = self.user_encoder(features, mask, train)
-    return h, self.heads(h if last_k is None else h[:, -last_k:])
+    hk = h if last_k is None else h[:, -last_k:]
+    logits = self.heads(hk)
+    if self.tie_item_head:
+      table = self.user_encoder.variables['params']['embed_item']['embedding']
+      logits['item'] = (jnp.einsum('BUE,VE->BUV', self.item_proj(hk), table.astype(hk.dtype))
+                        + self.item_bias).astype(jnp.float32)
+    return h, logits
 
 
 def next_event_loss(logits: Mapping[str, Array], targets: Mapping[str, Array],
