@@ -49,3 +49,22 @@ def encoder_sharding_rules():
       (r'.*heads/.*/kernel', ('fsdp', 'tensor')),  # [D, V]
       (r'.*', None),  # Everything else replicated.
   ]
+
+
+def gemma_cache_dir() -> str:
+  """Where the offline Gemma 3 270M is converted once ($USER_LLM_GEMMA_CACHE overrides)."""
+  import os  # pylint: disable=g-import-not-at-top
+  return os.environ.get('USER_LLM_GEMMA_CACHE', os.path.join(
+      os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')), 'user_llm', 'gemma3_270m'))
+
+
+def gemma_sharding_rules():
+  """(path regex, spec per dim) for the Gemma decoder and stage-2 blocks (gm layouts)."""
+  return [
+      (r'decoder/embedder/input_embedding', ('tensor', 'fsdp')),  # [V, D]
+      (r'.*q_einsum(/w)?', ('tensor', 'fsdp', None)),  # [N, D, H]
+      (r'.*kv_einsum(/w)?', (None, None, 'fsdp', None)),  # [2, K, D, H]
+      (r'.*attn_vec_einsum(/w)?', ('tensor', None, 'fsdp')),  # [N, H, D]
+      (r'.*gating_einsum', (None, 'tensor', 'fsdp')),  # [2, F, D]
+      (r'.*mlp/linear', ('tensor', 'fsdp')),  # [F, D]
+  ]

@@ -30,7 +30,7 @@ from data_pipelines import _io, _movielens, _records, _reviews, _timelines
 from data_pipelines._config import NOUNS, PREP_FIELDS, default_data_config
 from data_pipelines._vocab import Vocab
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: users.json (raw user ids).
 SPLITS = _timelines.SPLITS
 
 
@@ -137,6 +137,22 @@ class Prepared:
     """Random access to the encoded per-user timelines."""
     return grain.sources.ArrayRecordDataSource([self.timelines_path])
 
+  @functools.cached_property
+  def user_ids(self) -> list[str]:
+    """Raw user id (as in the source files) of every timeline record."""
+    with open(os.path.join(self.root, 'users.json')) as f:
+      return json.load(f)
+
+  def user_record(self, raw_user_id: str | int) -> int:
+    """The timeline record of a raw user id; a clear error if it is not kept."""
+    try:
+      return self.user_ids.index(str(raw_user_id))
+    except ValueError:
+      raise KeyError(
+          f'User {raw_user_id!r} is not in {self.root} (unknown id, or fewer than '
+          f'{self.manifest["config"]["min_events"]} events; '
+          f'{len(self.user_ids)} users kept, e.g. {self.user_ids[:3]})') from None
+
   def timeline(self, user: int):
     """Decoded timeline of user record `user`: (table, offsets, blob)."""
     return _records.decode(self.timelines[user])
@@ -157,6 +173,8 @@ def _write(built: _timelines.Built, root: str) -> None:
     json.dump({k: v.values for k, v in built.vocabs.items()}, f)
   with open(os.path.join(root, 'items.json'), 'w') as f:
     json.dump([list(i) for i in built.items], f, ensure_ascii=False)
+  with open(os.path.join(root, 'users.json'), 'w') as f:  # Raw user id per record.
+    json.dump([str(t.user) for t in built.timelines], f)
 
 
 def _statistics(built: _timelines.Built, log: _io.ReadLog) -> dict[str, Any]:

@@ -125,6 +125,7 @@ class GemmaDecoder(nn.Module):
       layer_hook: LayerHook | None = None,
       hook_layers: Sequence[int] = (),
       last_only: bool = False,
+      logits_at: jax.Array | None = None,
   ) -> DecoderOutput:
     """Runs the decoder.
 
@@ -141,6 +142,9 @@ class GemmaDecoder(nn.Module):
         `hook_layers` (cross-attention blocks).
       hook_layers: decoder layer indices the hook runs before.
       last_only: return only the logits of the last position (decoding).
+      logits_at: int[B, A] positions (in prefix + tokens) whose logits to
+        return, float[B, A, V]: training needs only the answer positions, and
+        the 262k-way unembedding dominates the cost of the others.
 
     Returns:
       DecoderOutput with logits over the prefix and tokens positions.
@@ -175,6 +179,8 @@ class GemmaDecoder(nn.Module):
     x = self.final_norm(x)
     if last_only:
       x = x[:, -1]
+    elif logits_at is not None:
+      x = jnp.take_along_axis(x, logits_at[..., None], axis=1)
     logits = self.embedder.decode(x)
     if self.config.final_logit_softcap is not None:
       cap = self.config.final_logit_softcap

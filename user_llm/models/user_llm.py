@@ -137,15 +137,25 @@ class UserLLM(nn.Module):
         tokens, prefix=prefix, prefix_mask=prefix_mask, layer_hook=hook,
         hook_layers=tuple(self.xattn_layers) if hook else (), **decoder_kwargs)
 
-  def forward(self, features, mask, tokens, input_mask=None) -> gemma_lib.DecoderOutput:
-    """Training/eval forward: user side then decoder. Logits cover prefix + tokens."""
+  def forward(self, features, mask, tokens, input_mask=None, logits_at=None):
+    """Training/eval forward: user side then decoder.
+
+    Args:
+      features, mask: the user's history (ignored by 'text_prompt').
+      tokens: int[B, L]; input_mask: bool[B, L] (default tokens != 0).
+      logits_at: int[B, A] token positions whose logits to return (the soft
+        prompt's prefix is accounted for here); None = every position, prefix
+        included.
+    """
     if self.mode == 'text_prompt':
-      return self(tokens, input_mask=input_mask)
+      return self(tokens, input_mask=input_mask, logits_at=logits_at)
     memory, memory_mask = self.user_memory(features, mask)
     if self.mode == 'soft_prompt':
-      return self(tokens, prefix=memory, prefix_mask=memory_mask, input_mask=input_mask)
+      at = None if logits_at is None else logits_at + memory.shape[1]
+      return self(tokens, prefix=memory, prefix_mask=memory_mask, input_mask=input_mask,
+                  logits_at=at)
     return self(tokens, memory_kv=self.memory_kv(memory), memory_mask=memory_mask,
-                input_mask=input_mask)
+                input_mask=input_mask, logits_at=logits_at)
 
   def init_all(self, features, mask, tokens):
     """Touches every submodule (for `init`)."""

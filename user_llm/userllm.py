@@ -1,0 +1,241 @@
+"""Stage 2 experiment: User-LLM on a pretrained Gemma (and the text-prompt baseline).
+
+`config.userllm.mode` picks how the user reaches Gemma ('cross_attention',
+'soft_prompt', or the 'text_prompt' baseline, which puts the serialised history in
+the prompt); `config.userllm.num_latents` > 0 adds the Perceiver; the strategy
+(`config.userllm.strategy`: full | lora | enc | proj) sets LoRA and the freeze rules.
+
+Init (`load_pretrained`, only when a run starts from scratch): `decoder/` from the
+Gemma checkpoint of `config.llm` (converted GGUF or official Orbax), `user_encoder/`
+from the stage-1 workdir `config.userllm.encoder_workdir` unless
+`config.userllm.random_encoder`.
+
+Training: next-token cross-entropy on the answer tokens (+ EOS) of the task examples
+(`config.tasks`, mixed evenly). Evaluation on the test windows, by exact likelihood of
+candidate answers (see user_llm/ranking.py): favourite genre Recall@1 over all genre
+names; next item Recall@1/5/10 over the true next item and
+`config.eval.num_candidates - 1` catalogue items drawn uniformly without replacement
+(fixed per example), a sampled-candidates protocol because scoring all 9.7k MovieLens
+titles per user is out of reach on CPU (`num_candidates=0` ranks the full catalogue).
+"""
+
+from __future__ import annotations
+
+import time
+
+from absl import logging
+from flax.core import FrozenDict
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from user_llm import checkpointing
+from user_llm import gemma_loader
+from user_llm import ranking
+from user_llm import train
+from user_llm.models import gemma as gemma_lib
+from user_llm.models import testing
+from user_llm.models import user_encoder as ue
+from user_llm.models import user_llm as ul
+
+# strategy -> param-path regexes frozen (projection, Perceiver and cross-attention
+# always train). LoRA also wraps the decoder in gm.nn.LoRA (config.userllm.lora_rank).
+STRATEGY_FREEZE = {
+    'full': [],
+    'lora': [r'decoder/(?!.*lora/).*'],
+    'enc': [r'decoder/.*'],
+    'proj': [r'decoder/.*', r'user_encoder/.*'],
+}
+
+
+def freeze_rules(config) -> list[str]:
+  s = config.userllm.strategy
+  if s not in STRATEGY_FREEZE:
+    raise ValueError(f'Unknown config.userllm.strategy {s!r}; expected {sorted(STRATEGY_FREEZE)}')
+  return STRATEGY_FREEZE[s] + list(config.train.freeze)
+
+
+def decoder_config(llm_cfg):
+  if llm_cfg.model == 'tiny':  # Tests: a Gemma-3-structured toy (random weights).
+    return testing.tiny_gemma_config(vocab=llm_cfg.tiny_vocab)
+  return gemma_lib.gemma_config(llm_cfg.model)
+
+
+def xattn_layers(uc, num_layers: int) -> tuple[int, ...]:
+  """config.userllm.xattn_layers (a list) or every `xattn_every`-th layer from 0."""
+  if uc.xattn_layers:
+    return tuple(int(i) for i in uc.xattn_layers)
+  return tuple(range(0, num_layers, uc.xattn_every))
+
+
+class UserLLMExperiment(train.Experiment):
+  """Stage 2 (see module docstring)."""
+
+  def __init__(self, config, mesh):
+    super().__init__(config, mesh)
+    import data_pipelines  # pylint: disable=g-import-not-at-top
+    from data_pipelines import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
+
+    uc = config.userllm
+    self.mode = uc.mode
+    self.prepared = data_pipelines.prepare(config.data)
+    self.features = tuple(config.data.features)
+    if config.llm.model == 'tiny':
+      self.tokenizer = tok_lib.ByteTokenizer()
+    else:
+      self._params_dir, tok_path = gemma_loader.resolve_paths(config.llm)
+      self.tokenizer = tok_lib.GemmaTokenizer(str(tok_path))
+    self.decoder_config = decoder_config(config.llm)
+    enc = None
+    if self.mode != 'text_prompt':
+      ec = config.encoder
+      enc = ue.UserEncoder(
+          FrozenDict({f: self.prepared.vocabs[f].size for f in self.features}),
+          FrozenDict({f: ec.embed_dims[f] for f in self.features}),
+          d_model=ec.d_model, num_layers=ec.num_layers, num_heads=ec.num_heads,
+          mlp_dim=ec.mlp_dim, max_len=config.data.seq_len, fusion=ec.fusion,
+          causal=True, dropout=0.0)
+    self.model = ul.UserLLM(
+        self.decoder_config, enc, mode=self.mode,
+        xattn_layers=xattn_layers(uc, self.decoder_config.num_layers),
+        num_latents=uc.num_latents, perceiver_depth=uc.perceiver_depth,
+        lora_rank=uc.lora_rank if uc.strategy == 'lora' else 0)
+    config.train.freeze = freeze_rules(config)  # Read by the trainer's optimizer.
+    self.length = config.data.max_prompt_tokens + config.data.max_answer_tokens
+
+  # ---------------------------------------------------------------- params
+  def _dummy(self, b=1):
+    u = self.config.data.seq_len
+    feats = {f: jnp.full((b, u), 2, jnp.int32) for f in self.features}
+    return feats, jnp.ones((b, u), bool), jnp.full((b, self.length), 2, jnp.int32)
+
+  def init_params(self, rng):
+    params = self.model.init(rng, *self._dummy(), method='init_all')['params']
+    # The pretrained decoder is kept in config.llm.param_dtype (bf16 saves memory
+    # when it is frozen); LoRA adapters and every new part stay float32.
+    dtype = jnp.dtype(self.config.llm.param_dtype)
+    params['decoder'] = jax.tree_util.tree_map_with_path(
+        lambda p, x: x if 'lora' in jax.tree_util.keystr(p) else x.astype(dtype),
+        params['decoder'])
+    return params
+
+  def load_pretrained(self, params):
+    init, params = params, dict(params)
+    if self.config.llm.model != 'tiny':
+      gemma = gemma_loader.load_params(self._params_dir, self.decoder_config,
+                                       self.config.llm.param_dtype)
+      params['decoder'] = _merge(params['decoder'], gemma, 'decoder')
+    uc = self.config.userllm
+    if self.mode != 'text_prompt' and not uc.random_encoder:
+      if not uc.encoder_workdir:
+        raise ValueError('config.userllm.encoder_workdir is empty: give a stage-1 workdir, '
+                         'or set config.userllm.random_encoder=True for the ablation.')
+      enc = checkpointing.load_params(uc.encoder_workdir, subtree='user_encoder')
+      bad = gemma_loader.first_mismatch(params['user_encoder'], enc)
+      if bad:
+        raise ValueError(
+            f'Stage-1 encoder in {uc.encoder_workdir} does not match config.encoder: first '
+            f'mismatch at user_encoder/{bad}. Use the config.encoder of that stage-1 run.')
+      params['user_encoder'] = enc
+    # Loaded arrays take the dtype and sharding the trainer gave the fresh params.
+    return jax.tree.map(lambda new, old: jax.device_put(jnp.asarray(new, old.dtype), old.sharding),
+                        params, init)
+
+  # ---------------------------------------------------------------- training
+  def loss_fn(self, params, batch, rng):
+    del rng
+    a = self.config.data.max_answer_tokens
+    tokens = batch['tokens']
+    # Target positions p .. p+A-1 (answer + EOS), predicted from positions p-1 ...
+    tgt_pos = jnp.minimum(batch['prompt_len'][:, None] + jnp.arange(a)[None], tokens.shape[1] - 1)
+    feats = {f: batch[f] for f in self.features}
+    out = self.model.apply({'params': params}, feats, batch['mask'], tokens,
+                           tokens != 0, tgt_pos - 1, method='forward')
+    targets = jnp.take_along_axis(tokens, tgt_pos, axis=1)
+    w = jnp.take_along_axis(batch['loss_mask'], tgt_pos, axis=1)
+    w = (w & batch['example_mask'][:, None]).astype(jnp.float32)
+    logp = jax.nn.log_softmax(out.logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    loss = jnp.sum(nll * w) / jnp.maximum(jnp.sum(w), 1.0)
+    acc = jnp.sum((jnp.argmax(logp, -1) == targets) * w) / jnp.maximum(jnp.sum(w), 1.0)
+    return loss, {'token_accuracy': acc}
+
+  def _dataset(self, split, task, batch_size, seed, **kw):
+    import data_pipelines  # pylint: disable=g-import-not-at-top
+    return data_pipelines.make_dataset(
+        self.prepared, split, task, batch_size=batch_size, seed=seed, tokenizer=self.tokenizer,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        text_prompt=self.mode == 'text_prompt', **kw)
+
+  def train_dataset(self, seed):
+    tasks = list(self.config.tasks)
+    ds = [self._dataset('train', t, self.config.train.batch_size, seed + i)
+          for i, t in enumerate(tasks)]
+    mixed = ds[0] if len(ds) == 1 else grain.IterDataset.mix(ds, [1.0] * len(ds))
+    return iter(mixed)
+
+  # ---------------------------------------------------------------- evaluation
+  def _candidates(self, task, batch, rng):
+    """(int32[B, C, A] candidate answers, int32[B] index of the true one)."""
+    a, eos = self.config.data.max_answer_tokens, self.tokenizer.eos_id
+    enc = lambda text: (self.tokenizer.encode(text)[:a - 1] + [eos])
+    b = len(batch['target'])
+    if task == 'fav_genre':
+      names = self.prepared.genres[2:]
+      cands = [[enc(n) for n in names]] * b
+      target = np.maximum(batch['target'] - 2, 0)  # OOV genre -> scored as index 0.
+    else:
+      names = self.prepared.catalogue.names
+      n = self.config.eval.num_candidates or (len(names) - 2)
+      cands, target = [], np.zeros(b, np.int32)
+      for i in range(b):
+        p = int(batch['prompt_len'][i])
+        true = [t for t in batch['tokens'][i, p:p + a].tolist() if t != 0]
+        pool = np.setdiff1d(np.arange(2, len(names)), [batch['target'][i]])
+        neg = rng.choice(pool, size=min(n - 1, len(pool)), replace=False)
+        cands.append([true] + [enc(names[j]) for j in neg])
+    out = np.zeros((b, len(cands[0]), a), np.int32)
+    for i, row in enumerate(cands):
+      for j, c in enumerate(row):
+        out[i, j, :len(c)] = c
+    return out, target.astype(np.int32)
+
+  def evaluate(self, params, step):
+    ec = self.config.eval
+    results, t0 = {}, time.time()
+    for task in self.config.eval.tasks:
+      rng = np.random.default_rng(ec.seed)
+      hits, count = {}, 0
+      ds = self._dataset(ec.split, task, ec.batch_size, 0, shuffle=False, num_epochs=1)
+      for i, batch in enumerate(ds):
+        if 0 <= ec.max_batches <= i:
+          break
+        keep = batch['example_mask']
+        prompts = np.zeros((len(keep), int(batch['prompt_len'].max())), np.int32)
+        for r, p in enumerate(batch['prompt_len']):  # Left-pad [BOS] prompt.
+          if p:
+            prompts[r, -p:] = batch['tokens'][r, :p]
+        prompts[~keep, -1] = self.tokenizer.bos_id  # Padding rows: a harmless prompt.
+        cands, target = self._candidates(task, batch, rng)
+        feats = {f: jnp.asarray(batch[f]) for f in self.features}
+        user = ul.user_inputs(self.model, params, feats, jnp.asarray(batch['mask']))
+        scores = ranking.score_candidates(self.model, params, prompts, cands, user,
+                                          chunk=ec.candidate_chunk)
+        ks = (1,) if task == 'fav_genre' else tuple(ec.ks)
+        for k, v in ranking.recall_at(scores, target, ks).items():
+          hits[k] = hits.get(k, 0.0) + float(v[keep].sum())
+        count += int(keep.sum())
+      for k, v in hits.items():
+        results[f'{task}/{k}'] = v / max(count, 1)
+      results[f'{task}/examples'] = count
+    results['eval_wall_s'] = time.time() - t0
+    return results
+
+
+def _merge(init, loaded, name):
+  """`loaded` into `init` (LoRA leaves missing from a plain checkpoint keep init)."""
+  if isinstance(init, dict):
+    return {k: (_merge(v, loaded[k], f'{name}/{k}') if k in loaded else v)
+            for k, v in init.items()}
+  return loaded
