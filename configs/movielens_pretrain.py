@@ -45,7 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.embed_dims = dict(item=64, genre=16, rating=8)  # Per-feature embedding widths.
   c.model.dropout = 0.1  # Dropout on embeddings and residual branches.
   c.model.dtype = 'float32'  # Compute dtype ('bfloat16' on TPU).
-  # AR: score only the last K positions of each window (0 = all). With stride-1
+  # AR, Dual Encoder: score only the last K positions of each window (0 = all). With stride-1
   # windows consecutive windows share all but one event, so every event is still a
   # target K times per epoch, with 40-50 events of context like at test time.
   c.model.loss_last_k = 10

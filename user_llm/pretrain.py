@@ -144,13 +144,15 @@ class PretrainExperiment(train.Experiment):
       loss = (ce * w).sum() / jnp.maximum(w.sum(), 1.0)
       return loss, {'loss_item': loss}
     if self.model_name == 'dual':
-      return self._dual_loss(params, hist, mask[:, :-1], tgt['item'], w)
+      k = self.config.model.loss_last_k or w.shape[1]
+      return self._dual_loss(params, hist, mask[:, :-1], tgt['item'], w, k)
     return self._bert4rec_loss(params, feats['item'], mask, rng)
 
-  def _dual_loss(self, params, hist, hist_mask, tgt_item, w):
-    """In-batch softmax: each (user, position) vs all targets of the batch."""
+  def _dual_loss(self, params, hist, hist_mask, tgt_item, w, k):
+    """In-batch softmax: each (user, position) of the last k vs all those targets."""
     temp = self.config.model.temperature
-    user = self.model.apply({'params': params}, hist, hist_mask, method='user')
+    user = self.model.apply({'params': params}, hist, hist_mask, method='user')[:, -k:]
+    tgt_item, w = tgt_item[:, -k:], w[:, -k:]
     items = self.model.apply({'params': params}, tgt_item, method='items')
     d = user.shape[-1]
     u = _l2(user.reshape(-1, d))
