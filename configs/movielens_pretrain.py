@@ -49,7 +49,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # windows consecutive windows share all but one event, so every event is still a
   # target K times per epoch, with 40-50 events of context like at test time.
   c.model.loss_last_k = 10
-  c.model.tie_item_head = False  # AR: item logits = item embeddings . projected output.
+  c.model.tie_item_head = True  # AR: item logits = item embeddings . projected output.
   c.model.temperature = 0.05  # Dual Encoder: softmax temperature on cosine scores.
   c.model.mask_prob = 0.2  # Bert4Rec: fraction of item positions [MASK]ed.
   c.model.last_mask_prob = 0.25  # Bert4Rec: rows where only the last event is masked.
