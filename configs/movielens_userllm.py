@@ -89,7 +89,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.tasks = c.tasks
   c.eval.batch_size = 4
   c.eval.num_candidates = 20  # next item: true item + 19 sampled; 0 = whole catalogue.
-  c.eval.candidate_chunk = 10  # Candidates scored per call (bounds [B*C, A, V] logits).
+  c.eval.candidate_chunk = 5  # Candidates scored per call (bounds [B*C, A, V] logits).
   c.eval.ks = (1, 5, 10)
   c.eval.max_batches = 16  # 64 test users per task; -1 = all.
   c.eval.seed = 0  # Negative sampling.
@@ -97,9 +97,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.mesh = common.mesh()
   c.sharding_rules = common.gemma_sharding_rules() + common.encoder_sharding_rules()
 
-  if a.runlocal or a.tiny:
-    c.data.seq_len = 10
-    c.data.max_prompt_tokens = 24 * 10 + 64 if a.mode == 'text_prompt' else 32
+  if a.runlocal or a.tiny:  # seq_len stays: the stage-1 encoder was built for it.
     c.train.batch_size = 2
     c.train.num_steps = a.steps or 4
     c.train.warmup = 1
@@ -110,6 +108,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.num_candidates = 5
     c.eval.candidate_chunk = 5
   if a.tiny:
+    c.data.seq_len = 8  # = configs/movielens_pretrain.py:runlocal (its encoder's max_len).
+    c.data.max_prompt_tokens = 24 * 8 + 64 if a.mode == 'text_prompt' else 32
     c.llm.model = 'tiny'
     c.llm.param_dtype = 'float32'
     c.encoder.d_model = 16

@@ -34,7 +34,7 @@ def _score(model: nn.Module, params: Any, prompt: jax.Array, cands: jax.Array,
   if prefix is not None:
     input_mask = jnp.concatenate([prefix_mask, input_mask], axis=1)
   pre = input_mask.shape[1]
-  cache = gemma_lib.init_cache(model.config, b, pre + a, jnp.float32)
+  cache = gemma_lib.init_cache(model.config, b, pre + a, gemma_lib.compute_dtype(params))
   positions = gemma_lib.positions_from_mask(input_mask)
   mask = gemma_lib.prefix_lm_mask(input_mask, 0 if prefix is None else prefix.shape[1])
   out = model.apply({'params': params}, prompt, input_mask=prompt != 0, prefix=prefix,
@@ -57,8 +57,10 @@ def _score(model: nn.Module, params: Any, prompt: jax.Array, cands: jax.Array,
                     attention_mask=attn, cache=cache, **user)
   # Token 0 of a candidate is predicted by the prompt's last logits, token j by j-1.
   logits = jnp.concatenate([rep(out.logits)[:, None], res.logits[:, :-1]], axis=1)
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  tok_logp = jnp.take_along_axis(logp, cands[..., None], axis=-1)[..., 0]
+  # logit[token] - logsumexp(logits): never materialises a [B*C, A, V] log-softmax.
+  logits = logits.astype(jnp.float32)
+  tok_logp = (jnp.take_along_axis(logits, cands[..., None], axis=-1)[..., 0]
+              - jax.nn.logsumexp(logits, axis=-1))
   return jnp.sum(jnp.where(cand_mask, tok_logp, 0.0), axis=-1).reshape(b, c)
 
 

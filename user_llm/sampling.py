@@ -56,7 +56,7 @@ def generate(
     model_kwargs: dict[str, Any] | None = None,
     sampling: gm.text.SamplingMethod = gm.text.Greedy(),
     stop_tokens: tuple[int, ...] = (1, 106),
-    cache_dtype: Any = jnp.float32,
+    cache_dtype: Any = None,
 ) -> jax.Array:
   """Prefills the prompt into a KV cache, then samples up to `max_new_tokens`.
 
@@ -72,7 +72,7 @@ def generate(
     sampling: a `gm.text.SamplingMethod`.
     stop_tokens: a row stops after emitting one of these (default eos=1 and
       <end_of_turn>=106 of Gemma 3); later positions are 0.
-    cache_dtype: dtype of the KV cache.
+    cache_dtype: dtype of the KV cache (default: the params' compute dtype).
 
   Returns:
     int32[B, T]: generated tokens, 0 after the stop token.
@@ -88,7 +88,8 @@ def generate(
   pre_len = input_mask.shape[1]
   cache_len = pre_len + max_new_tokens
   cfg = model.config if hasattr(model, 'config') else model.decoder_config
-  cache = gemma_lib.init_cache(cfg, batch, cache_len, cache_dtype)
+  cache = gemma_lib.init_cache(
+      cfg, batch, cache_len, cache_dtype or gemma_lib.compute_dtype(params))
 
   # Prefill: prefix-LM mask over the prompt, padded with False to the cache size.
   positions = gemma_lib.positions_from_mask(input_mask)

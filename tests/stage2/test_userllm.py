@@ -17,7 +17,6 @@ def _config(data, tmp_path, stage1, arg='tiny'):
   cfg = movielens_userllm.get_config(arg)
   cfg.data.path = str(data)
   cfg.data.cache_dir = str(tmp_path / 'cache')
-  cfg.data.seq_len = 8  # The stage-1 runlocal encoder's max_len.
   cfg.userllm.encoder_workdir = str(stage1)
   cfg.train.async_checkpoint = False
   return cfg

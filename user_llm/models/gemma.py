@@ -188,6 +188,14 @@ class GemmaDecoder(nn.Module):
     return DecoderOutput(logits=logits, hidden=x, cache=new_cache)
 
 
+def compute_dtype(params) -> jnp.dtype:
+  """The dtype a decoder computes (and caches K/V) in: its embedding table's."""
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    if 'input_embedding' in jax.tree_util.keystr(path):
+      return leaf.dtype
+  raise ValueError('No embedder/input_embedding in the params')
+
+
 def init_cache(
     config: gm.nn.config.TransformerConfig,
     batch_size: int,
