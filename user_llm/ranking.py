@@ -22,41 +22,48 @@ import numpy as np
 from user_llm.models import gemma as gemma_lib
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'num_candidates'))
-def _score(model: nn.Module, params: Any, prompt: jax.Array, cands: jax.Array,
-           user: dict[str, Any], num_candidates: int) -> jax.Array:
-  """float[B, C] sum of log-probs of each candidate's tokens (0 = padding)."""
-  c = num_candidates
-  b, a = prompt.shape[0], cands.shape[-1]
+@functools.partial(jax.jit, static_argnames=('model', 'answer_len'))
+def _prefill(model: nn.Module, params: Any, prompt: jax.Array, user: dict[str, Any],
+             answer_len: int):
+  """Prompt (+ soft prompt) into a KV cache with room for `answer_len` more tokens."""
   user = dict(user)
   prefix, prefix_mask = user.pop('prefix', None), user.pop('prefix_mask', None)
   input_mask = prompt != 0
   if prefix is not None:
     input_mask = jnp.concatenate([prefix_mask, input_mask], axis=1)
-  pre = input_mask.shape[1]
-  cache = gemma_lib.init_cache(model.config, b, pre + a, gemma_lib.compute_dtype(params))
+  cache = gemma_lib.init_cache(model.config, prompt.shape[0], input_mask.shape[1] + answer_len,
+                               gemma_lib.compute_dtype(params))
   positions = gemma_lib.positions_from_mask(input_mask)
   mask = gemma_lib.prefix_lm_mask(input_mask, 0 if prefix is None else prefix.shape[1])
   out = model.apply({'params': params}, prompt, input_mask=prompt != 0, prefix=prefix,
                     prefix_mask=prefix_mask, positions=positions,
-                    attention_mask=jnp.pad(mask, ((0, 0), (0, 0), (0, a))),
+                    attention_mask=jnp.pad(mask, ((0, 0), (0, 0), (0, answer_len))),
                     cache=cache, last_only=True, **user)
+  return out.cache, out.logits, input_mask, positions[:, -1]
+
+
+@functools.partial(jax.jit, static_argnames=('model',))
+def _score_chunk(model: nn.Module, params: Any, cache, last_logits, input_mask, last_pos,
+                 cands: jax.Array, user: dict[str, Any]) -> jax.Array:
+  """float[B, C] sum of log-probs of candidates int[B, C, A] after the cached prompt."""
+  b, c, a = cands.shape
+  pre = input_mask.shape[1]
   rep = lambda x: jnp.repeat(x, c, axis=0)  # [B, ...] -> [B*C, ...]
-  cache = jax.tree.map(rep, out.cache)
-  user = jax.tree.map(rep, user)  # Cross-attention memory K/V (the prefix is cached).
+  cache = jax.tree.map(rep, cache)
+  # Cross-attention memory K/V (a soft prompt already sits in the cache).
+  user = jax.tree.map(rep, {k: v for k, v in user.items() if not k.startswith('prefix')})
   cands = cands.reshape(b * c, a)
   cand_mask = cands != 0
-  # Candidate j sees the prompt slots and candidate slots <= j.
-  causal = jnp.tril(jnp.ones((a, a), bool))
+  # Candidate token j sees the prompt slots and candidate slots <= j.
   attn = jnp.concatenate([
       jnp.broadcast_to(rep(input_mask)[:, None, :], (b * c, a, pre)),
-      jnp.broadcast_to(causal[None], (b * c, a, a)),
+      jnp.broadcast_to(jnp.tril(jnp.ones((a, a), bool))[None], (b * c, a, a)),
   ], axis=2)
-  pos = rep(positions[:, -1])[:, None] + 1 + jnp.arange(a)[None]
+  pos = rep(last_pos)[:, None] + 1 + jnp.arange(a)[None]
   res = model.apply({'params': params}, cands, input_mask=cand_mask, positions=pos,
                     attention_mask=attn, cache=cache, **user)
   # Token 0 of a candidate is predicted by the prompt's last logits, token j by j-1.
-  logits = jnp.concatenate([rep(out.logits)[:, None], res.logits[:, :-1]], axis=1)
+  logits = jnp.concatenate([rep(last_logits)[:, None], res.logits[:, :-1]], axis=1)
   # logit[token] - logsumexp(logits): never materialises a [B*C, A, V] log-softmax.
   logits = logits.astype(jnp.float32)
   tok_logp = (jnp.take_along_axis(logits, cands[..., None], axis=-1)[..., 0]
@@ -66,7 +73,7 @@ def _score(model: nn.Module, params: Any, prompt: jax.Array, cands: jax.Array,
 
 def score_candidates(model, params, prompts: np.ndarray, candidates: np.ndarray,
                      user: dict[str, Any], chunk: int = 0) -> np.ndarray:
-  """Log-likelihood of every candidate answer.
+  """Log-likelihood of every candidate answer; the prompt is prefilled once.
 
   Args:
     model: a module with the `GemmaDecoder` call keywords (GemmaDecoder, UserLLM).
@@ -80,14 +87,15 @@ def score_candidates(model, params, prompts: np.ndarray, candidates: np.ndarray,
   Returns:
     float32[B, C].
   """
-  c = candidates.shape[1]
+  c, a = candidates.shape[1:]
   chunk = chunk or c
+  state = _prefill(model, params, jnp.asarray(prompts), user, a)
   parts = []
   for start in range(0, c, chunk):
     part = candidates[:, start:start + chunk]
     if part.shape[1] < chunk:  # Keep one compiled shape: pad with empty candidates.
       part = np.pad(part, ((0, 0), (0, chunk - part.shape[1]), (0, 0)))
-    scores = _score(model, params, jnp.asarray(prompts), jnp.asarray(part), user, chunk)
+    scores = _score_chunk(model, params, *state, jnp.asarray(part), user)
     parts.append(np.asarray(scores)[:, :min(chunk, c - start)])
   return np.concatenate(parts, axis=1)
 
