@@ -55,3 +55,28 @@ def test_tokenizer_round_trips_1000_titles(gemma):
   _, _, tok = gemma
   ok, bad = gemma_checks.title_round_trip(tok, MOVIES, 1000)
   assert not bad and ok == 1000
+
+
+def test_user_llm_at_init_equals_gemma_270m(gemma):
+  """Gates at 0: User-LLM (cross-attention + Perceiver) = the unchanged Gemma 3 270M."""
+  import jax
+  from flax.core import FrozenDict
+  from user_llm.models import gemma as gemma_lib
+  from user_llm.models import user_encoder as ue
+  from user_llm.models import user_llm as ul
+
+  cfg, params, tok = gemma
+  enc = ue.UserEncoder(FrozenDict(item=30, genre=6, rating=12),
+                       FrozenDict(item=16, genre=4, rating=4), d_model=32, max_len=6)
+  model = ul.UserLLM(cfg, enc, mode='cross_attention', xattn_layers=(0, 9), num_latents=4)
+  feats = {f: jnp.full((1, 6), 3, jnp.int32) for f in ('item', 'genre', 'rating')}
+  mask = jnp.ones((1, 6), bool)
+  tokens = jnp.asarray([[2] + tok.encode('Which movie will this user watch next?')], jnp.int32)
+  new = jax.jit(lambda r: {k: v for k, v in model.init(
+      r, feats, mask, tokens, method='init_all')['params'].items() if k != 'decoder'})(
+          jax.random.PRNGKey(0))
+  assert set(new) == {'user_encoder', 'projection', 'resampler', 'cross_attention'}
+  full = dict(new, decoder=params)
+  got = jax.jit(lambda p: model.apply({'params': p}, feats, mask, tokens, method='forward').logits)(full)
+  want = jax.jit(lambda p: gemma_lib.GemmaDecoder(cfg).apply({'params': p}, tokens).logits)(params)
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
