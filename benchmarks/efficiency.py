@@ -218,20 +218,19 @@ def _plot(results, out_dir):
   for what, fname, ylabel in (('flops', 'efficiency_flops.png', 'GFLOP (batch 1)'),
                               ('seconds', 'efficiency_latency.png', 'seconds (batch 1, CPU)')):
     fig, ax = plt.subplots(figsize=(7, 5))
+    scale = 1e9 if what == 'flops' else 1
     for i, m in enumerate(METHODS):
       color = f'C{i}'
       lengths = sorted(results['lengths'])
       pts = [(u, _ctx(cells[(m, u)], what)) for u in lengths if (m, u) in cells]
-      pts = [(u, v) for u, v in pts if v is not None]
+      pts = [(u, v / scale) for u, v in pts if v is not None]
       if pts:
         ax.plot(*zip(*pts), 'o-', color=color, label=f'{m}: user side + prefill')
       pts = [(u, cells[(m, u)]['cached_query'][what]) for u in lengths
              if (m, u) in cells and cells[(m, u)]['cached_query'][what] is not None]
+      pts = [(u, v / scale) for u, v in pts]
       if pts:
         ax.plot(*zip(*pts), 's--', color=color, alpha=0.6, label=f'{m}: cached-memory query')
-    scale = 1e9 if what == 'flops' else 1
-    ax.set_yticks(ax.get_yticks())
-    ax.set_yticklabels([f'{t / scale:g}' for t in ax.get_yticks()])
     ax.set_xscale('log'), ax.set_yscale('log')
     ax.set_xlabel('history length (events)'), ax.set_ylabel(ylabel)
     ax.set_title(f'Gemma 3 270M, {"XLA cost analysis" if what == "flops" else "median wall-clock"}')
@@ -296,10 +295,18 @@ def write_report(results: dict, out_dir: str) -> None:
           f'{_ms(m["user_side"]["seconds"])} ms.\n')
   add('![latency](benchmarks/efficiency_latency.png)\n')
   add('No GPU was lent to this session: all rows are CPU.\n')
+  if results.get('note'):
+    add(results['note'] + '\n')
+  missing = [f'{m} at {u}' for u in sorted(results['lengths']) for m in METHODS
+             if (m, u) not in c1]
+  if missing:
+    add('Not measured in this run (time ran out): ' + ', '.join(missing) + '.\n')
 
   # Details.
   add('## Setup\n')
-  add(f'- Command: `{results["command"]}` ({results["seconds"] / 60:.0f} min on this machine).')
+  add(f'- Command: `{results["command"]}`'
+      + (f' ({results["seconds"] / 60:.0f} min on this machine).' if 'seconds' in results
+         else ' (stopped before the end; see above).'))
   add(f'- Machine: {results["machine"]}.')
   add(f'- User record {results["user"]} of ml-latest-small (the first with more than '
       f'{max(lengths)} events); history = the U events before event {results["target"]}; '
@@ -410,6 +417,7 @@ def main(argv=None):
                  'k-th decoder layer: (0, 3, ..., 15) of 18')
   p.add_argument('--results', default=os.path.join(ROOT, 'workdirs', 'efficiency', 'results.json'))
   p.add_argument('--report_only', action='store_true', help='rewrite md/png from --results')
+  p.add_argument('--note', default='', help='a sentence added to the report (e.g. load)')
   p.add_argument('--out_dir', default=os.path.join(ROOT, 'benchmarks'))
   import sys
   argv = sys.argv[1:] if argv is None else argv
@@ -420,6 +428,8 @@ def main(argv=None):
       results = json.load(f)
   else:
     results = run(args)
+  if args.note:
+    results['note'] = args.note
   write_report(results, args.out_dir)
 
 
