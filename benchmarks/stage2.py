@@ -91,6 +91,7 @@ def run_row(name: str) -> dict:
 
 
 def table(rows: list[dict]) -> str:
+  rows = list({r['row']: r for r in rows}.values())  # A rerun of a row replaces it.
   head = ('| row | seq_len | steps x batch | fav-genre R@1 | next-item R@1 | R@5 | R@10 | '
           'LLM tokens / example | train s | peak RSS GB |\n|' + '---|' * 10 + '\n')
   out = []
