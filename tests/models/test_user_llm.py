@@ -129,3 +129,17 @@ def test_cached_generation_with_user_memory_equals_uncached(mode, latents):
     seq = seq.at[:, length + t].set(nxt)
     in_mask = in_mask.at[:, length + t].set(True)
   np.testing.assert_array_equal(np.asarray(got), np.asarray(seq[:, length:]))
+
+
+def test_bf16_decoder_keeps_its_dtype_through_cross_attention():
+  """A frozen bf16 Gemma with float32 new parts: the stream (and KV cache) stay bf16."""
+  model = _model('cross_attention', num_latents=3)
+  params = _init(model)
+  params['decoder'] = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params['decoder'])
+  feats, mask = _user()
+  user = ul.user_inputs(model, params, feats, mask)
+  out = sampling.generate(model, params, jnp.asarray(sampling.left_pad([[2, 5], [2]])),
+                          max_new_tokens=2, model_kwargs=user, stop_tokens=())
+  assert out.shape == (2, 2)
+  logits = model.apply({'params': params}, feats, mask, TOKENS, method='forward').logits
+  assert logits.dtype == jnp.bfloat16

@@ -103,11 +103,12 @@ class GatedCrossAttentionBlock(nn.Module):
     return self.cross_attn.memory_kv(memory)
 
   def __call__(self, x, kv, memory_mask):
-    """x float[B, T, D] -> float[B, T, D]."""
+    """x float[B, T, D] -> float[B, T, D], in x's dtype (the decoder's KV cache dtype)."""
+    dtype = x.dtype  # Our float32 norm scales would otherwise promote a bf16 stream.
     attn = self.cross_attn(self.pre_cross_attention_norm(x), kv, memory_mask)
-    x = x + jnp.tanh(self.attn_gate).astype(x.dtype) * attn
+    x = (x + jnp.tanh(self.attn_gate) * attn).astype(dtype)
     ffw = self.mlp(self.pre_ffw_norm(x))
-    return x + jnp.tanh(self.ffw_gate).astype(x.dtype) * ffw
+    return (x + jnp.tanh(self.ffw_gate) * ffw).astype(dtype)
 
 
 class CrossAttentionStack(nn.Module):
