@@ -87,11 +87,21 @@ def get_experiment(config, mesh) -> Experiment:
 
 
 def train_step(state: PyTree, batch: Mapping[str, jax.Array], rng: jax.Array, *,
-               loss_fn, tx: optax.GradientTransformation) -> tuple[PyTree, dict[str, jax.Array]]:
-  """One optimisation step; pure. The rng is folded with the step for reproducibility."""
+               loss_fn, tx: optax.GradientTransformation,
+               frozen: PyTree | None = None) -> tuple[PyTree, dict[str, jax.Array]]:
+  """One optimisation step; pure. The rng is folded with the step for reproducibility.
+
+  `frozen` (a tree of Python bools like the params) stops gradients at frozen leaves,
+  so their weight gradients (e.g. a frozen Gemma's) are never computed or stored.
+  """
   step_rng = jax.random.fold_in(rng, state['step'])
-  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state['params'], batch, step_rng)
+
+  def loss_of(params):
+    if frozen is not None:
+      params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen)
+    return loss_fn(params, batch, step_rng)
+
+  (loss, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state['params'])
   updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
   params = optax.apply_updates(state['params'], updates)
   metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
@@ -144,7 +154,11 @@ def create_train_state(config, mesh, exp: Experiment, init_rng: jax.Array) -> Tr
 def make_train_step(exp: Experiment, tx, state_sh, batch_sh, mesh):
   """`train_step` jitted with explicit shardings, donating the old state."""
   rep = sharding.replicated(mesh)
-  return jax.jit(functools.partial(train_step, loss_fn=exp.loss_fn, tx=tx),
+  labels = optim.labels(state_sh['params'], exp.config.train.get('freeze', None))
+  frozen = jax.tree.map(lambda label: label == optim.FROZEN, labels)
+  if not any(jax.tree.leaves(frozen)):
+    frozen = None
+  return jax.jit(functools.partial(train_step, loss_fn=exp.loss_fn, tx=tx, frozen=frozen),
                  in_shardings=(state_sh, batch_sh, rep), out_shardings=(state_sh, rep),
                  donate_argnums=(0,))
 

@@ -21,6 +21,7 @@ titles per user is out of reach on CPU (`num_candidates=0` ranks the full catalo
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from absl import logging
@@ -111,13 +112,29 @@ class UserLLMExperiment(train.Experiment):
     return feats, jnp.ones((b, u), bool), jnp.full((b, self.length), 2, jnp.int32)
 
   def init_params(self, rng):
-    params = self.model.init(rng, *self._dummy(), method='init_all')['params']
-    # The pretrained decoder is kept in config.llm.param_dtype (bf16 saves memory
-    # when it is frozen); LoRA adapters and every new part stay float32.
     dtype = jnp.dtype(self.config.llm.param_dtype)
+    if self.config.llm.model == 'tiny':  # No checkpoint: a random decoder.
+      params = self.model.init(rng, *self._dummy(), method='init_all')['params']
+      params['decoder'] = jax.tree_util.tree_map_with_path(
+          lambda p, x: x if 'lora' in jax.tree_util.keystr(p) else x.astype(dtype),
+          params['decoder'])
+      return params
+    # The pretrained decoder is filled by `load_pretrained` (or a restore), so it is
+    # never randomly initialised: drawing a random 262k x D embedding in float32 was
+    # the peak of host memory. Init the new parts with an 8-token vocabulary instead
+    # (nothing outside the embedder depends on it), and give the Gemma weights zeros
+    # in config.llm.param_dtype (bf16 keeps a frozen decoder small).
+    small = self.model.clone(
+        decoder_config=dataclasses.replace(self.decoder_config, num_embed=8))
+    params = small.init(rng, *self._dummy(), method='init_all')['params']
+    shapes = jax.eval_shape(
+        lambda r: self.model.init(r, *self._dummy(), method='init_all')['params'], rng)
+    lora = {jax.tree_util.keystr(p): x
+            for p, x in jax.tree_util.tree_flatten_with_path(params['decoder'])[0]
+            if 'lora' in jax.tree_util.keystr(p)}
     params['decoder'] = jax.tree_util.tree_map_with_path(
-        lambda p, x: x if 'lora' in jax.tree_util.keystr(p) else x.astype(dtype),
-        params['decoder'])
+        lambda p, s: lora.get(jax.tree_util.keystr(p), None) if 'lora' in jax.tree_util.keystr(p)
+        else jnp.zeros(s.shape, dtype), shapes['decoder'])
     return params
 
   def load_pretrained(self, params):
