@@ -80,8 +80,10 @@ def run_row(name: str) -> dict:
   extra = 0
   if cfg.userllm.mode == 'soft_prompt':
     extra = cfg.userllm.num_latents or cfg.data.seq_len
+  commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True,
+                          text=True, check=False).stdout.strip()
   return {
-      'row': name, 'desc': ROWS[name][1], 'seq_len': cfg.data.seq_len,
+      'row': name, 'desc': ROWS[name][1], 'commit': commit, 'seq_len': cfg.data.seq_len,
       'steps': cfg.train.num_steps, 'batch': cfg.train.batch_size,
       'train_wall_s': res['train_wall_s'], 'total_wall_s': time.time() - t0,
       'llm_tokens': float(np.mean(lens)) + extra,
@@ -93,14 +95,15 @@ def run_row(name: str) -> dict:
 def table(rows: list[dict]) -> str:
   rows = list({r['row']: r for r in rows}.values())  # A rerun of a row replaces it.
   head = ('| row | seq_len | steps x batch | fav-genre R@1 | next-item R@1 | R@5 | R@10 | '
-          'LLM tokens / example | train s | peak RSS GB |\n|' + '---|' * 10 + '\n')
+          'LLM tokens / example | train s | peak RSS GB | commit |\n|' + '---|' * 11 + '\n')
   out = []
   for r in rows:
     out.append(
         f"| {r['desc']} | {r['seq_len']} | {r['steps']} x {r['batch']} | "
         f"{r.get('fav_genre/recall@1', float('nan')):.3f} | {r.get('next_item/recall@1', float('nan')):.3f} | "
         f"{r.get('next_item/recall@5', float('nan')):.3f} | {r.get('next_item/recall@10', float('nan')):.3f} | "
-        f"{r['llm_tokens']:.0f} | {r['train_wall_s']:.0f} | {r['peak_rss_gb']:.2f} |")
+        f"{r['llm_tokens']:.0f} | {r['train_wall_s']:.0f} | {r['peak_rss_gb']:.2f} | "
+        f"{r.get('commit', '?')} |")
   return head + '\n'.join(out) + '\n'
 
 
