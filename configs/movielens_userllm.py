@@ -26,7 +26,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                        random_encoder=False, seq_len=50, steps=0, runlocal=False, tiny=False)
   c = ml_collections.ConfigDict()
   c.experiment = 'userllm'  # Key of user_llm.train.EXPERIMENTS.
-  c.tasks = ('next_item', 'fav_genre')  # Trained together, batches mixed evenly.
+  # Trained together, batches mixed evenly. 'review' (generation, ROUGE-Lsum) also
+  # exists; MovieLens has no reviews, so there it is the user's tags on the movie.
+  c.tasks = ('next_item', 'fav_genre')
 
   import data_pipelines  # pylint: disable=g-import-not-at-top
   c.data = data_pipelines.default_data_config('movielens')

@@ -17,6 +17,8 @@ names; next item Recall@1/5/10 over the true next item and
 `config.eval.num_candidates - 1` catalogue items drawn uniformly without replacement
 (fixed per example), a sampled-candidates protocol because scoring all 9.7k MovieLens
 titles per user is out of reach on CPU (`num_candidates=0` ranks the full catalogue).
+Review generation: greedy decoding (KV cache, user memory computed once) of at most
+`max_answer_tokens`, ROUGE-Lsum F1 against the reference (`rouge-score`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import numpy as np
 from user_llm import checkpointing
 from user_llm import gemma_loader
 from user_llm import ranking
+from user_llm import sampling
 from user_llm import train
 from user_llm.models import gemma as gemma_lib
 from user_llm.models import testing
@@ -218,6 +221,23 @@ class UserLLMExperiment(train.Experiment):
         out[i, j, :len(c)] = c
     return out, target.astype(np.int32)
 
+  def _rouge(self, params, prompts, user, batch):
+    """Greedy review generation (max_answer_tokens) scored by ROUGE-Lsum F1."""
+    from rouge_score import rouge_scorer  # pylint: disable=g-import-not-at-top
+    user = dict(user)
+    prefix, prefix_mask = user.pop('prefix', None), user.pop('prefix_mask', None)
+    eos = self.tokenizer.eos_id
+    out = sampling.generate(
+        self.model, params, jnp.asarray(prompts), max_new_tokens=self.config.data.max_answer_tokens,
+        prefix=prefix, prefix_mask=prefix_mask, model_kwargs=user, stop_tokens=(eos, 106))
+    scorer = rouge_scorer.RougeScorer(['rougeLsum'])
+    scores = []
+    for r, gen in enumerate(sampling.trim(np.asarray(out), (eos, 106))):
+      p = int(batch['prompt_len'][r])
+      ref = [t for t in batch['tokens'][r, p:].tolist() if t not in (0, eos)]
+      scores.append(_rouge_lsum(scorer, self.tokenizer.decode(ref), self.tokenizer.decode(gen)))
+    return {'rougeLsum': np.asarray(scores, np.float32)}
+
   def evaluate(self, params, step):
     ec = self.config.eval
     results, t0 = {}, time.time()
@@ -234,9 +254,14 @@ class UserLLMExperiment(train.Experiment):
           if p:
             prompts[r, -p:] = batch['tokens'][r, :p]
         prompts[~keep, -1] = self.tokenizer.bos_id  # Padding rows: a harmless prompt.
-        cands, target = self._candidates(task, batch, rng)
         feats = {f: jnp.asarray(batch[f]) for f in self.features}
         user = ul.user_inputs(self.model, params, feats, jnp.asarray(batch['mask']))
+        if task == 'review':  # Generated text against the reference: ROUGE-Lsum.
+          for k, v in self._rouge(params, prompts, user, batch).items():
+            hits[k] = hits.get(k, 0.0) + float(v[keep].sum())
+          count += int(keep.sum())
+          continue
+        cands, target = self._candidates(task, batch, rng)
         scores = ranking.score_candidates(self.model, params, prompts, cands, user,
                                           chunk=ec.candidate_chunk)
         ks = (1,) if task == 'fav_genre' else tuple(ec.ks)
@@ -248,6 +273,11 @@ class UserLLMExperiment(train.Experiment):
       results[f'{task}/examples'] = count
     results['eval_wall_s'] = time.time() - t0
     return results
+
+
+def _rouge_lsum(scorer, reference: str, generated: str) -> float:
+  # rougeLsum splits summaries on newlines; a review is one "sentence" per line.
+  return scorer.score(reference, generated)['rougeLsum'].fmeasure
 
 
 def _merge(init, loaded, name):

@@ -98,3 +98,14 @@ def test_generate_for_a_user_and_bad_inputs(tiny_movielens, tmp_path, stage1_wor
     generation.answer(exp, params, '999', ['Which movie?'])
   with pytest.raises(ValueError, match='Empty prompt'):
     generation.answer(exp, params, '1', ['  '])
+
+
+def test_review_generation_rouge(tiny_movielens, tmp_path, stage1_workdir):
+  cfg = _config(tiny_movielens, tmp_path, stage1_workdir)
+  cfg.tasks = ('review',)
+  cfg.eval.tasks = ('review',)
+  cfg.data.max_answer_tokens = 6
+  cfg.train.num_steps = 1
+  metrics = train.train_and_evaluate(cfg, str(tmp_path / 'review'))
+  assert metrics['review/examples'] > 0
+  assert 0.0 <= metrics['review/rougeLsum'] <= 1.0
