@@ -143,3 +143,17 @@ def test_bf16_decoder_keeps_its_dtype_through_cross_attention():
   assert out.shape == (2, 2)
   logits = model.apply({'params': params}, feats, mask, TOKENS, method='forward').logits
   assert logits.dtype == jnp.bfloat16
+
+
+def test_bf16_decoder_with_float32_lora_generates():
+  """LoRA adapters (float32) on a bf16 Gemma: the KV cache follows the promoted dtype."""
+  model = _model('cross_attention', lora_rank=2)
+  params = _init(model)
+  params['decoder'] = jax.tree_util.tree_map_with_path(
+      lambda p, x: x if 'lora' in jax.tree_util.keystr(p) else x.astype(jnp.bfloat16),
+      params['decoder'])
+  feats, mask = _user()
+  user = ul.user_inputs(model, params, feats, mask)
+  out = sampling.generate(model, params, jnp.asarray(sampling.left_pad([[2, 5], [2]])),
+                          max_new_tokens=2, model_kwargs=user, stop_tokens=())
+  assert out.shape == (2, 2)

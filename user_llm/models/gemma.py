@@ -189,11 +189,16 @@ class GemmaDecoder(nn.Module):
 
 
 def compute_dtype(params) -> jnp.dtype:
-  """The dtype a decoder computes (and caches K/V) in: its embedding table's."""
-  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-    if 'input_embedding' in jax.tree_util.keystr(path):
-      return leaf.dtype
-  raise ValueError('No embedder/input_embedding in the params')
+  """The dtype a decoder computes (and caches K/V) in.
+
+  Its embedding table's, promoted by LoRA adapters if any (float32 adapters on a bf16
+  Gemma turn every projection, hence the K/V, into float32).
+  """
+  dtypes = [leaf.dtype for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+            if any(k in jax.tree_util.keystr(path) for k in ('input_embedding', 'lora'))]
+  if not dtypes:
+    raise ValueError('No embedder/input_embedding in the params')
+  return jnp.result_type(*dtypes)
 
 
 def init_cache(
