@@ -57,7 +57,8 @@ def freeze_rules(config) -> list[str]:
   s = config.userllm.strategy
   if s not in STRATEGY_FREEZE:
     raise ValueError(f'Unknown config.userllm.strategy {s!r}; expected {sorted(STRATEGY_FREEZE)}')
-  return STRATEGY_FREEZE[s] + list(config.train.freeze)
+  # Idempotent: building the experiment twice must not stack the rules.
+  return list(dict.fromkeys(STRATEGY_FREEZE[s] + list(config.train.freeze)))
 
 
 def decoder_config(llm_cfg):
