@@ -1,7 +1,8 @@
 r"""Stage 2: User-LLM on Gemma 3 270M with MovieLens (and the text-prompt baseline).
 
 Launch (from the repo root; needs the stage-1 encoder of configs/movielens_pretrain.py
-in workdirs/stage1_ar_early, or `random_encoder`):
+in workdirs/stage1_ar_early (workdirs/stage1_ar_early_L{seq_len} for seq_len != 50),
+or `random_encoder`):
   python -m launch.main --config configs/movielens_userllm.py \
       --workdir workdirs/userllm_xattn
 Variants (arg string after ':', comma separated):
@@ -63,7 +64,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.userllm.xattn_layers = []  # Explicit decoder layers instead of xattn_every.
   c.userllm.strategy = a.strategy  # 'full' | 'lora' | 'enc' (LLM frozen) | 'proj'.
   c.userllm.lora_rank = 8  # gm.nn.LoRA rank (strategy 'lora').
-  c.userllm.encoder_workdir = 'workdirs/stage1_ar_early'  # Stage-1 run to load.
+  # Stage-1 run to load: its encoder's max_len is its seq_len, so 200 events need a
+  # stage-1 run at 200 (README: `--config.data.seq_len=200`, workdir ..._L200).
+  c.userllm.encoder_workdir = 'workdirs/stage1_ar_early' + (
+      '' if a.seq_len == 50 else f'_L{a.seq_len}')
   c.userllm.random_encoder = a.random_encoder  # Ablation: skip the stage-1 weights.
 
   c.train = ml_collections.ConfigDict()

@@ -43,6 +43,21 @@ def test_pretrain_variants_build():
     movielens_pretrain.get_config('modle=ar')
 
 
+def test_userllm_variants_build():
+  from configs import movielens_userllm  # pylint: disable=g-import-not-at-top
+  for mode in ('cross_attention', 'soft_prompt', 'text_prompt'):
+    for strategy in ('full', 'lora', 'enc', 'proj'):
+      config = movielens_userllm.get_config(f'mode={mode},strategy={strategy},latents=16')
+      assert config.userllm.mode == mode and config.userllm.strategy == strategy
+  # The stage-1 encoder's max_len is its seq_len: 200 events load the 200-event run.
+  assert movielens_userllm.get_config('').userllm.encoder_workdir.endswith('stage1_ar_early')
+  long = movielens_userllm.get_config('seq_len=200,mode=text_prompt')
+  assert long.userllm.encoder_workdir.endswith('stage1_ar_early_L200')
+  assert long.data.max_prompt_tokens >= 22 * 200  # ~22 Gemma tokens per event.
+  with pytest.raises(ValueError, match='strategy'):
+    movielens_userllm.get_config('strategy=enc,stratgy=full')
+
+
 def test_misspelt_override_names_the_key(tmp_path):
   proc = subprocess.run(
       [sys.executable, '-m', 'launch.main',
