@@ -93,25 +93,27 @@ def run_row(name: str) -> dict:
 
 
 NOTES = """
-Machine: 2 CPU cores (AMD EPYC), 24 GB, no accelerator (none was lent to the session
-that ran this), shared with other jobs. Gemma 3 270M from the PyPI GGUF, frozen in
-bfloat16 except for strategy Full (float32). Rows were run by several invocations of
-the command above with `--rows=` subsets (the `commit` column says which code ran).
-Evaluation: the first 32 test users per task (8 batches of 4), likelihood ranking;
-next item = the true item + 19 sampled catalogue items (chance: R@1 0.05, R@5 0.25,
-R@10 0.50); favourite genre = all 20 genre names (chance R@1 0.05). One user is 0.031.
-Peak RSS is the whole process (training + evaluation); evaluation of the text prompt
-dominates its row.
+Machine: 2 CPU cores (AMD EPYC), 24 GB, no accelerator (none was lent to this
+project's sessions). Gemma 3 270M from the PyPI GGUF, frozen in bfloat16 except for
+strategy Full (float32). Rows were run by several invocations of the command above
+with `--rows=` subsets (the `commit` column says which code ran). The seq_len 50 rows
+other than text prompt + LoRA ran on a machine shared with other jobs (load average
+5-9), so their train s are pessimistic; the seq_len 200 rows and text prompt + LoRA
+ran later on an idle machine. Evaluation: the first 32 test users per task (8 batches
+of 4), likelihood ranking; next item = the true item + 19 sampled catalogue items
+(chance: R@1 0.05, R@5 0.25, R@10 0.50); favourite genre = all 20 genre names (chance
+R@1 0.05). One user is 0.031. Peak RSS is the whole process (training + evaluation);
+evaluation of the text prompt dominates its row.
 
-Not run here: the text prompt trained with LoRA (`--rows=text_prompt_lora`: ~1,125
-tokens per example, estimated ~40 min for 40 steps on this CPU) and the seq_len 200
-rows (they need a stage-1 encoder built for 200 events: `configs/movielens_pretrain.py`
-with `--config.data.seq_len=200`, then `--seq_len=200` here).
+The seq_len 200 rows use the stage-1 encoder trained at 200 events
+(`workdirs/stage1_ar_early_L200`, see benchmarks/stage1_results.md); their test users
+are the first 32 of those with 200+ events, so they are not the seq_len 50 users.
 """
 
 
 def table(rows: list[dict]) -> str:
-  rows = list({r['row']: r for r in rows}.values())  # A rerun of a row replaces it.
+  # A rerun of a row (same name and seq_len) replaces it.
+  rows = list({(r['row'], r['seq_len']): r for r in rows}.values())
   head = ('| row | seq_len | steps x batch | fav-genre R@1 | next-item R@1 | R@5 | R@10 | '
           'LLM tokens / example | train s | peak RSS GB | commit |\n|' + '---|' * 11 + '\n')
   out = []
@@ -146,13 +148,21 @@ def main(argv):
       continue
     with open(_JSONL.value, 'a') as f:
       f.write(lines[-1][len('ROW_RESULT '):] + '\n')
-    with open(_JSONL.value) as f:
-      rows = [json.loads(l) for l in f if l.strip()]
-    with open(_OUT.value, 'w') as f:
-      f.write('# Stage 2 on ml-latest-small (real Gemma 3 270M)\n\n'
-              'Command: `python -m benchmarks.stage2 --steps=40 --batch_size=4 '
-              '--eval_batches=8 [--rows=...]`\n' + NOTES + '\n' + table(rows))
-    print(table(rows), flush=True)
+    print(write_report(), flush=True)
+  if not _ROWS.value:
+    print(write_report(), flush=True)
+
+
+def write_report() -> str:
+  """Rewrites `--out` from every row in `--jsonl`; returns the table."""
+  with open(_JSONL.value) as f:
+    rows = [json.loads(l) for l in f if l.strip()]
+  with open(_OUT.value, 'w') as f:
+    f.write('# Stage 2 on ml-latest-small (real Gemma 3 270M)\n\n'
+            'Command: `python -m benchmarks.stage2 --steps=40 --batch_size=4 '
+            '--eval_batches=8 [--seq_len=200] [--rows=...]` (`--rows=` alone rewrites this '
+            'file from the .jsonl)\n' + NOTES + '\n' + table(rows))
+  return table(rows)
 
 
 if __name__ == '__main__':
