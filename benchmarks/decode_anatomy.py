@@ -7,7 +7,7 @@ benchmarks/efficiency.md finds that a 10-token User-LLM prefill takes as long as
 ratio. This script measures why, on the real weights (float32, as the efficiency
 benchmark): the time of one decode step (batch 1, 1 token, KV cache of 32 slots) of the
 decoder cut to its first N layers without the unembedding (with 1 layer, its 22 MB of
-weights stay in the CPU caches between calls; with 18, 394 MB cannot), and the whole
+weights stay in the CPU caches between calls; with 18, 401 MB cannot), and the whole
 step with it; the 262k x 640 unembedding alone; and a plain read of the embedding table (a memory
 bandwidth reference). Each is a compiled executable, median of `--runs` after a warm-up.
 It writes benchmarks/decode_anatomy.md.
@@ -19,12 +19,12 @@ import argparse
 import dataclasses
 import os
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
+from benchmarks import _efficiency_lib as lib
 from benchmarks import efficiency
 from user_llm import gemma_loader
 from user_llm.models import gemma as gemma_lib
@@ -36,13 +36,8 @@ CACHE_SLOTS = 32
 def timed(fn, *args, runs: int) -> tuple[float, float]:
   """(median ms over `runs` calls after a warm-up, XLA cost-analysis GFLOP) of jit(fn)."""
   compiled = jax.jit(fn).lower(*args).compile()
-  jax.block_until_ready(compiled(*args))
-  times = []
-  for _ in range(runs):
-    t = time.perf_counter()
-    jax.block_until_ready(compiled(*args))
-    times.append(time.perf_counter() - t)
-  return statistics.median(times) * 1e3, compiled.cost_analysis()['flops'] / 1e9
+  times = lib.time_calls(lambda: compiled(*args), runs, warmup=True)
+  return statistics.median(times) * 1e3, lib._flops(compiled) / 1e9  # pylint: disable=protected-access
 
 
 def nbytes(tree) -> int:
