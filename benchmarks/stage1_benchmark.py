@@ -1,19 +1,36 @@
-r"""Stage-1 benchmark on MovieLens ml-latest-small (CPU): trains every row, writes a table.
+r"""Stage-1 benchmark on MovieLens ml-latest-small: every row x seed x protocol.
 
-  python -m benchmarks.stage1_benchmark [--rows ar_early,popularity] [--table PATH]
+  python -m benchmarks.stage1_benchmark                      # everything, 3 seeds
+  python -m benchmarks.stage1_benchmark --rows ar_early --seeds 0 --protocols standard
+  python -m benchmarks.stage1_benchmark --report_only        # rewrite the markdown
 
-Each row is one launcher run (`python -m launch.main --config
-configs/movielens_pretrain.py:<arg> --workdir workdirs/stage1_<row>`); a finished
-workdir is reused (its results.json read back). The AR early-fusion encoder
-checkpoint stays in `workdirs/stage1_ar_early` for stage 2.
+Each run is one launcher call (`python -m launch.main --config
+configs/movielens_pretrain.py:<row args>,protocol=<p> --config.train.seed=<s>`) in
+`workdirs/stage1/<protocol>/<row>_s<seed>`; a finished workdir (results.json) is
+reused. Its log streams here (steps/s, ETA). Per run, results.json is copied to
+benchmarks/stage1_runs/<protocol>_<row>_s<seed>.json; eval_examples.json (one value
+per test target) stays in the workdir and feeds the tables:
+- every figure is the mean over seeds of the per-target value, with a 95%
+  bootstrap CI over users (user_llm/stats.py);
+- protocol (c), 'full_window', is the subset of protocol (a)'s test targets whose
+  user has >= seq_len + 2 events (the 373 users of stage 2; same model, same
+  target, same history), so it needs no runs of its own;
+- paired differences (AR early fusion minus another row, same targets) say whether
+  two rows can be told apart.
 """
 
 import argparse
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import time
+
+import numpy as np
+
+from user_llm import stats
 
 ROWS = {  # row -> (label, config arg)
     'ar_early': ('AR encoder, early fusion (User-LLM)', 'model=ar,fusion=early'),
@@ -22,51 +39,144 @@ ROWS = {  # row -> (label, config arg)
     'bert4rec': ('Bert4Rec', 'model=bert4rec'),
     'popularity': ('Popularity', 'model=popularity'),
 }
+PROTOCOLS = ('standard', 'multi_target')
+SEQ_LEN = 50
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUNS_DIR = os.path.join(ROOT, 'benchmarks', 'stage1_runs')
+_PROGRESS = re.compile(r'(step \d+/\d+ .*|eval step \d+)')
 
 
-def command(row: str) -> list[str]:
+def workdir(protocol: str, row: str, seed: int) -> str:
+  return os.path.join(ROOT, 'workdirs', 'stage1', protocol, f'{row}_s{seed}')
+
+
+def command(protocol: str, row: str, seed: int, extra: list[str]) -> list[str]:
   return [sys.executable, '-m', 'launch.main',
-          f'--config=configs/movielens_pretrain.py:{ROWS[row][1]}',
-          f'--workdir=workdirs/stage1_{row}']
+          f'--config=configs/movielens_pretrain.py:{ROWS[row][1]},protocol={protocol}',
+          f'--config.train.seed={seed}', f'--workdir={workdir(protocol, row, seed)}', *extra]
 
 
-def run(row: str) -> dict:
-  workdir = os.path.join(ROOT, 'workdirs', f'stage1_{row}')
-  results = os.path.join(workdir, 'results.json')
+def run(protocol: str, row: str, seed: int, extra: list[str]) -> dict:
+  """Trains one run unless its results exist; streams its progress lines."""
+  wd = workdir(protocol, row, seed)
+  results = os.path.join(wd, 'results.json')
   if not os.path.exists(results):
-    os.makedirs(workdir, exist_ok=True)
+    os.makedirs(wd, exist_ok=True)
     t = time.time()
-    with open(os.path.join(workdir, 'launch.log'), 'w') as log:
-      subprocess.run(command(row), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
-    print(f'{row}: {time.time() - t:.0f}s', flush=True)
+    with open(os.path.join(wd, 'launch.log'), 'w') as log:
+      proc = subprocess.Popen(command(protocol, row, seed, extra), cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      for line in proc.stdout:
+        log.write(line)
+        m = _PROGRESS.search(line)
+        if m:
+          print(f'  [{protocol} {row} s{seed}] {m.group(1)[:100]}', flush=True)
+      if proc.wait():
+        raise RuntimeError(f'{row} seed {seed} ({protocol}) failed; see {wd}/launch.log')
+    print(f'{protocol} {row} s{seed}: {time.time() - t:.0f} s', flush=True)
+  os.makedirs(RUNS_DIR, exist_ok=True)
+  shutil.copy(results, os.path.join(RUNS_DIR, f'{protocol}_{row}_s{seed}.json'))
   with open(results) as f:
     return json.load(f)
 
 
-def table(results: dict[str, dict]) -> str:
-  lines = ['| model | Recall@1 | Recall@5 | Recall@10 | NDCG@10 | train wall time | steps | batch |',
-           '|---|---|---|---|---|---|---|---|']
-  for row, r in results.items():
-    cfg = r.get('config', {})
-    lines.append(
-        f"| {ROWS[row][0]} | {r['recall@1']:.4f} | {r['recall@5']:.4f} | {r['recall@10']:.4f} "
-        f"| {r['ndcg@10']:.4f} | {r['train_wall_s'] / 60:.1f} min | {r['step']} "
-        f"| {cfg.get('batch_size', '')} |")
-  return '\n'.join(lines)
+def load_examples(protocol: str, row: str, seeds: list[int]) -> dict[str, np.ndarray] | None:
+  """Per-target values averaged over the seeds that finished (same targets in each)."""
+  runs = []
+  for s in seeds:
+    path = os.path.join(workdir(protocol, row, s), 'eval_examples.json')
+    if os.path.exists(path):
+      with open(path) as f:
+        runs.append({k: np.asarray(v) for k, v in json.load(f).items()})
+  if not runs:
+    return None
+  out = dict(runs[0])
+  for k in runs[0]:
+    if k not in ('user', 'target_index', 'num_events'):
+      out[k] = np.mean([r[k] for r in runs], axis=0)
+  out['num_seeds'] = len(runs)
+  return out
+
+
+def subset(ex: dict, keep: np.ndarray) -> dict:
+  return {k: (v[keep] if isinstance(v, np.ndarray) else v) for k, v in ex.items()}
+
+
+METRICS = (('recall@1', 'R@1'), ('recall@5', 'R@5'), ('recall@10', 'R@10'),
+           ('ndcg@10', 'NDCG@10'), ('unseen/recall@10', 'R@10 unseen'))
+
+
+def table(protocol: str, examples: dict, results: dict, title: str) -> list[str]:
+  lines = [f'### {title}', '',
+           '| model | ' + ' | '.join(n for _, n in METRICS)
+           + ' | R@10 per seed | train wall (mean) | steps x batch | targets / users |',
+           '|---|' + '---|' * (len(METRICS) + 4)]
+  for row, ex in examples.items():
+    if ex is None:
+      continue
+    cells = [stats.bootstrap(ex[k], ex['user']).fmt() for k, _ in METRICS]
+    runs = results[row]
+    per_seed = ', '.join(f"{r['recall@10']:.4f}" for r in runs) if protocol != 'full_window' else '(subset)'
+    wall = np.mean([r['train_wall_s'] for r in runs]) / 60
+    cfg = runs[0].get('config', {})
+    lines.append(f"| {ROWS[row][0]} | {' | '.join(cells)} | {per_seed} | {wall:.1f} min "
+                 f"| {cfg.get('num_steps')} x {cfg.get('batch_size')} "
+                 f"| {len(ex['user'])} / {len(np.unique(ex['user']))} |")
+  lines.append('')
+  base = examples.get('ar_early')
+  if base is not None:
+    lines += ['Paired difference in R@10, AR early fusion minus the row (same targets, '
+              '95% bootstrap CI over users; an interval without 0 separates the rows):', '']
+    for row, ex in examples.items():
+      if row != 'ar_early' and ex is not None:
+        d = stats.bootstrap(base['recall@10'] - ex['recall@10'], ex['user'])
+        lines.append(f'- vs {ROWS[row][0]}: {d.fmt()}')
+    lines.append('')
+  return lines
+
+
+def report(rows: list[str], seeds: list[int], protocols: list[str]) -> str:
+  out = []
+  for protocol in protocols:
+    examples = {r: load_examples(protocol, r, seeds) for r in rows}
+    results = {}
+    for r in rows:
+      results[r] = [json.load(open(os.path.join(workdir(protocol, r, s), 'results.json')))
+                    for s in seeds
+                    if os.path.exists(os.path.join(workdir(protocol, r, s), 'results.json'))]
+    name = {'standard': '(a) standard leave-one-out, all users',
+            'multi_target': '(b) multi-target: last 5 events of every user'}[protocol]
+    out += table(protocol, examples, results, f'Protocol {name}')
+    if protocol == 'standard':
+      full = {r: (subset(ex, ex['num_events'] >= SEQ_LEN + 2) if ex is not None else None)
+              for r, ex in examples.items()}
+      out += table('full_window', full, results,
+                    '(c) full 50-event windows (users with >= 52 events; subset of (a))')
+  return '\n'.join(out)
 
 
 def main():
-  parser = argparse.ArgumentParser()
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--rows', default=','.join(ROWS))
-  parser.add_argument('--table', default=os.path.join(ROOT, 'workdirs', 'stage1_table.md'))
+  parser.add_argument('--seeds', default='0,1,2')
+  parser.add_argument('--protocols', default=','.join(PROTOCOLS))
+  parser.add_argument('--report_only', action='store_true', help='Only rewrite the tables.')
+  parser.add_argument('--out', default=os.path.join(ROOT, 'benchmarks', 'stage1_tables.md'))
+  parser.add_argument('extra', nargs='*', help='Extra launcher flags for every run.')
   args = parser.parse_args()
-  results = {}
-  for row in args.rows.split(','):
-    results[row] = run(row)
-    with open(args.table, 'w') as f:
-      f.write(table(results) + '\n')
-  print(table(results))
+  rows, protocols = args.rows.split(','), args.protocols.split(',')
+  seeds = [int(s) for s in args.seeds.split(',')]
+  todo = [(p, r, s) for p in protocols for r in rows for s in seeds]
+  t0 = time.time()
+  for i, (p, r, s) in enumerate(todo):
+    if not args.report_only:
+      run(p, r, s, args.extra)
+      done = time.time() - t0
+      print(f'run {i + 1}/{len(todo)} done, {done / 60:.1f} min elapsed', flush=True)
+  text = report(rows, seeds, protocols)
+  with open(args.out, 'w') as f:
+    f.write(text + '\n')
+  print(text)
 
 
 if __name__ == '__main__':

@@ -48,7 +48,12 @@ def default_data_config(name: str = 'movielens',
   # (prep) Step between a user's windows. 1 makes every event a target once, the
   # most stage-1 training data; raise it (e.g. seq_len) for fewer, disjoint windows.
   c.stride = 1
-  c.min_events = -1  # (prep) Keep users with >= this many events; -1: seq_len + 2.
+  c.min_events = -1  # (prep) Keep users with >= this many events; -1: the fewest that fit.
+  c.test_events = 1  # (prep) Test targets per user: its last k events, one window each.
+  c.valid_events = 1  # (prep) Validation targets per user: the events before the test ones.
+  # (prep) Allow histories shorter than seq_len (left-padded): every user with
+  # test_events + valid_events + 2 events is kept, as in the standard leave-one-out.
+  c.pad_short = False
   c.min_count = 1  # (prep) Training occurrences an item/genre needs for an id.
   c.amazon_category_level = 1  # (prep) Level of the Amazon category path = genre.
   c.features = ('item', 'genre', 'rating')  # Categorical features in batches.
@@ -62,4 +67,5 @@ def default_data_config(name: str = 'movielens',
 
 # Fields that change the preprocessed data (and hence the cache key).
 PREP_FIELDS = ('name', 'reviews_file', 'meta_file', 'seq_len', 'stride',
-               'min_events', 'min_count', 'amazon_category_level', 'strict')
+               'min_events', 'min_count', 'test_events', 'valid_events', 'pad_short',
+               'amazon_category_level', 'strict')

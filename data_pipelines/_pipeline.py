@@ -32,7 +32,11 @@ class Example:
   """Turns one window index row into a fixed-shape numpy example (a Grain map).
 
   Stage 1 ('next_event'), U = seq_len: {feature}, timestamp int32[U+1], mask
-  bool[U+1], user int32[], example_mask bool[].
+  bool[U+1], user int32[], target_index int32[] (the target's index in the user's
+  timeline), num_events int32[] (the timeline's length), example_mask bool[]; with `seen_items`, also seen bool[V_item] (True
+  at every item id of the user's events before the target: the whole past, not
+  only the window). A history shorter than U (data config pad_short) is
+  left-padded: ids 0, mask False.
   Stage 2: {feature}, timestamp int32[U], mask bool[U], tokens int32[L],
   loss_mask bool[L], prompt_len int32[], target int32[], user, example_mask, where
   L = max_prompt_tokens + max_answer_tokens.
@@ -40,7 +44,7 @@ class Example:
 
   def __init__(self, prepared: Prepared, task: str, features: tuple[str, ...],
                tokenizer: Tokenizer, text_prompt: bool, max_prompt_tokens: int,
-               max_answer_tokens: int):
+               max_answer_tokens: int, seen_items: bool = False):
     if task not in _tasks.TASKS:
       raise ValueError(f'Unknown task {task!r}; expected one of {_tasks.TASKS}.')
     unknown = set(features) - set(_timelines.FEATURES)
@@ -58,6 +62,8 @@ class Example:
     self.genre_vocab = prepared.vocabs['genre']
     self.ratings = prepared.vocabs['rating']
     self.stage1 = task in _tasks.STAGE1_TASKS
+    self.seen_items = seen_items and self.stage1
+    self.num_items = prepared.vocabs['item'].size
     # A history line depends only on (item, rating): memoise its tokens, which
     # makes text-prompt examples ~4x cheaper with SentencePiece.
     self._line_tokens: dict[tuple[int, int], list[int]] = {}
@@ -65,8 +71,10 @@ class Example:
   def _padding(self) -> dict[str, np.ndarray]:
     n = self.seq_len + 1 if self.stage1 else self.seq_len
     out = {f: np.zeros(n, np.int32) for f in self.features + ('timestamp',)}
-    out.update(mask=np.zeros(n, bool), user=np.int32(0),
-               example_mask=np.bool_(False))
+    out.update(mask=np.zeros(n, bool), user=np.int32(0), target_index=np.int32(0),
+               num_events=np.int32(0), example_mask=np.bool_(False))
+    if self.seen_items:
+      out['seen'] = np.zeros(self.num_items, bool)
     if not self.stage1:
       length = self.max_prompt + self.max_answer
       out.update(tokens=np.full(length, self.tok.pad_id, np.int32),
@@ -80,11 +88,16 @@ class Example:
       return self._padding()
     table, offsets, blob = _records.decode(self.timelines[user])
     n = self.seq_len + 1 if self.stage1 else self.seq_len
-    window = table[t - self.seq_len:t - self.seq_len + n]
-    out = {f: window[:, _COL[f]].copy() for f in self.features}
-    out['timestamp'] = window[:, _COL['timestamp']].copy()
-    out.update(mask=np.ones(n, bool), user=np.int32(user),
-               example_mask=np.bool_(True))
+    start = max(t - self.seq_len, 0)
+    window = table[start:t - self.seq_len + n]
+    pad = n - len(window)  # Left padding of a short history (pad_short).
+    out = {f: np.pad(window[:, _COL[f]], (pad, 0)) for f in self.features}
+    out['timestamp'] = np.pad(window[:, _COL['timestamp']], (pad, 0))
+    out.update(mask=np.arange(n) >= pad, user=np.int32(user), target_index=np.int32(t),
+               num_events=np.int32(len(table)), example_mask=np.bool_(True))
+    if self.seen_items:
+      out['seen'] = np.zeros(self.num_items, bool)
+      out['seen'][table[:t, _COL['item']]] = True
     if not self.stage1:
       out.update(self._stage2(table, t, _records.text(offsets, blob, t)))
     return out
@@ -104,8 +117,9 @@ class Example:
 
   def _stage2(self, table: np.ndarray, t: int, text: str) -> dict[str, Any]:
     target_index = table[t, _COL['item_index']]
+    rows = table[max(t - self.seq_len, 0):t]  # The (possibly short) history.
     if self.task == 'fav_genre':
-      history = table[t - self.seq_len:t, _COL['item_index']]
+      history = rows[:, _COL['item_index']]
       genre = _tasks.favourite_genre([self.genres[i] for i in history])
       answer, target = genre, self.genre_vocab.id(genre)
     elif self.task == 'next_item':
@@ -118,7 +132,7 @@ class Example:
     if self.text_prompt:
       header = self.tok.encode(_tasks.history_header(self.nouns))
       lines = [self._line(int(r[_COL['item_index']]), int(r[_COL['rating']]))
-               for r in table[t - self.seq_len:t]]
+               for r in rows]
     prompt = _tasks.fit_prompt(header, lines, tail, self.max_prompt - 1)
     out = _tasks.pack(prompt, self.tok.encode(answer), self.tok.bos_id,
                       self.tok.eos_id, self.tok.pad_id, self.max_prompt,
@@ -149,7 +163,7 @@ def make_dataset(prepared: Prepared, split: str, task: str, *, batch_size: int,
       example_mask is False, so every batch has the same shape on every process.
     process_index, process_count: this process and the number of processes.
     **overrides: data-config fields to override (features, text_prompt,
-      max_prompt_tokens, max_answer_tokens).
+      max_prompt_tokens, max_answer_tokens, seen_items).
 
   Returns:
     A grain.IterDataset of dicts of numpy arrays (shapes in docs/contracts.md).
@@ -179,7 +193,8 @@ def make_dataset(prepared: Prepared, split: str, task: str, *, batch_size: int,
     ds = ds[process_index::process_count]
   ds = ds.map(Example(prepared, task, tuple(config['features']), tokenizer,
                       bool(config['text_prompt']), int(config['max_prompt_tokens']),
-                      int(config['max_answer_tokens'])))
+                      int(config['max_answer_tokens']),
+                      bool(config.get('seen_items', False))))
   ds = ds.batch(batch_size // process_count, drop_remainder=drop_remainder)
   return ds.to_iter_dataset()
 

@@ -30,7 +30,7 @@ from data_pipelines import _io, _movielens, _records, _reviews, _timelines
 from data_pipelines._config import NOUNS, PREP_FIELDS, default_data_config
 from data_pipelines._vocab import Vocab
 
-FORMAT_VERSION = 2  # 2: users.json (raw user ids).
+FORMAT_VERSION = 3  # 2: users.json (raw user ids); 3: test/valid events, pad_short.
 SPLITS = _timelines.SPLITS
 
 
@@ -53,9 +53,11 @@ class Catalogue:
 
 
 def _prep_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  prep = {k: config.get(k) for k in PREP_FIELDS}
+  defaults = default_data_config(config.get('name', 'movielens'))
+  prep = {k: config.get(k, defaults.get(k)) for k in PREP_FIELDS}
   if prep['min_events'] is None or prep['min_events'] < 0:
-    prep['min_events'] = config.seq_len + 2
+    prep['min_events'] = _timelines.default_min_events(
+        prep['seq_len'], prep['test_events'], prep['valid_events'], prep['pad_short'])
   return prep
 
 
@@ -215,7 +217,8 @@ def prepare(config: ml_collections.ConfigDict) -> Prepared:
   log = _io.ReadLog(strict=config.strict)
   raw = _read(config, sources, log)
   built = _timelines.build(raw, log, config.seq_len, config.stride,
-                           prep['min_events'], config.min_count)
+                           prep['min_events'], config.min_count, prep['test_events'],
+                           prep['valid_events'], prep['pad_short'])
   log.report()
   os.makedirs(config.cache_dir, exist_ok=True)
   # Write next to the target and rename, so a crash never leaves a half cache.

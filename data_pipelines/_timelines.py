@@ -1,18 +1,29 @@
 """Timelines, windows, splits and vocabularies built from a reader's RawData.
 
-Protocol (default, config-selectable through seq_len / stride / min_events):
+Protocol (config-selectable through seq_len / stride / min_events / test_events /
+valid_events / pad_short):
 - a user's timeline is their events sorted by timestamp (stable: ties keep the
   order of the source file);
-- users with fewer than `min_events` (default seq_len + 2) events are dropped and
-  counted under 'users_too_short';
-- a window is `seq_len` history events plus the next event (the target). Windows
-  are anchored at the END of the timeline and step back by `stride`: targets
-  n-1, n-1-stride, n-1-2*stride, ... down to index seq_len;
-- the last window (target n-1) is test, the one before it (target n-1-stride)
-  validation, all earlier ones train. A user with exactly seq_len + 2 events thus
-  gives a test and a validation window and no training window;
-- vocabularies count only events inside training windows (history or target), so
-  validation/test targets the training data never saw map to OOV.
+- a window is up to `seq_len` history events plus the next event (the target).
+  Without `pad_short` a window needs a full history (target index >= seq_len);
+  with it, shorter histories are allowed and left-padded by the pipeline;
+- the last `test_events` events of a timeline (k) are test targets, one window
+  each (target n-1, ..., n-k); the `valid_events` before them are validation
+  targets; training windows are anchored at the last remaining event T = n-k-v-1
+  and step back by `stride` (targets T, T-stride, ...) down to the first target
+  with a history (index seq_len, or 1 with pad_short). A model that scores the last
+  `stride` positions of each training window thus sees every training event once
+  per epoch;
+- users with fewer than `min_events` events (default: seq_len + k + v, or k + v + 2
+  with pad_short) are dropped and counted under 'users_too_short';
+- vocabularies count the training part (events before the first validation
+  target) of EVERY user, kept or not: two protocols that differ only in which users
+  or windows they test on (e.g. all users left-padded vs users with full windows)
+  share ids, so one encoder serves both. Validation/test targets the training part
+  never saw map to OOV.
+
+Defaults (k = v = 1, stride 1, no padding) give the classic layout: test = the last
+window, validation = the one before, train = every earlier full window.
 """
 
 from __future__ import annotations
@@ -58,13 +69,26 @@ class Built:
   windows: dict[str, np.ndarray]  # split -> int32[N, 3]: (user, target, has_text)
 
 
-def _window_targets(n: int, seq_len: int, stride: int) -> list[int]:
-  """Target indices, last first: n-1, n-1-stride, ... (all >= seq_len)."""
-  return list(range(n - 1, seq_len - 1, -stride))
+def split_targets(n: int, seq_len: int, stride: int, test_events: int = 1,
+                  valid_events: int = 1, pad_short: bool = False) -> dict[str, list[int]]:
+  """Target event indices of each split for a timeline of n events (latest first)."""
+  first = 1 if pad_short else seq_len  # Smallest target index with a history.
+  test = [t for t in range(n - 1, n - 1 - test_events, -1) if t >= first]
+  valid = [t for t in range(n - 1 - test_events, n - 1 - test_events - valid_events, -1)
+           if t >= first]
+  train = list(range(n - 1 - test_events - valid_events, first - 1, -stride))
+  return {'train': train, 'validation': valid, 'test': test}
+
+
+def default_min_events(seq_len: int, test_events: int = 1, valid_events: int = 1,
+                       pad_short: bool = False) -> int:
+  """Fewest events that give every validation and test target its window."""
+  return test_events + valid_events + (2 if pad_short else seq_len)
 
 
 def build(raw: RawData, log: _io.ReadLog, seq_len: int, stride: int,
-          min_events: int | None = None, min_count: int = 1) -> Built:
+          min_events: int | None = None, min_count: int = 1, test_events: int = 1,
+          valid_events: int = 1, pad_short: bool = False) -> Built:
   """Turns raw events into timelines, windows per split and vocabularies.
 
   Args:
@@ -72,14 +96,21 @@ def build(raw: RawData, log: _io.ReadLog, seq_len: int, stride: int,
     log: counters ('events_with_unknown_item', 'users_too_short', ...).
     seq_len: history length U of a window.
     stride: step between consecutive windows of a user.
-    min_events: users with fewer events are dropped (default seq_len + 2).
+    min_events: users with fewer events are dropped (default_min_events()).
     min_count: an item/genre needs this many training occurrences to get an id.
+    test_events, valid_events: targets per user held out for test / validation.
+    pad_short: allow histories shorter than seq_len (left-padded downstream).
   """
-  if seq_len < 1 or stride < 1:
-    raise ValueError(f'seq_len ({seq_len}) and stride ({stride}) must be >= 1.')
-  min_events = seq_len + 2 if min_events is None else min_events
-  if min_events < seq_len + 1:
-    raise ValueError(f'min_events={min_events} < seq_len + 1: no window fits.')
+  if seq_len < 1 or stride < 1 or test_events < 1 or valid_events < 0:
+    raise ValueError(f'seq_len ({seq_len}), stride ({stride}), test_events ({test_events}) '
+                     f'must be >= 1 and valid_events ({valid_events}) >= 0.')
+  need = default_min_events(seq_len, test_events, valid_events, pad_short)
+  min_events = need if min_events is None else min_events
+  if min_events < need:
+    raise ValueError(f'min_events={min_events} < {need}: the test and validation windows '
+                     f'of a user that short do not fit (seq_len={seq_len}, '
+                     f'test_events={test_events}, valid_events={valid_events}, '
+                     f'pad_short={pad_short}).')
 
   by_user: dict[str, list[int]] = collections.defaultdict(list)
   for i, e in enumerate(raw.events):
@@ -88,31 +119,30 @@ def build(raw: RawData, log: _io.ReadLog, seq_len: int, stride: int,
       continue
     by_user[e.user].append(i)
 
+  # Vocabularies from the training part of every user (kept or not, see above).
+  item_counts, genre_counts = collections.Counter(), collections.Counter()
   kept: list[tuple[str, list[int]]] = []
   for user, idx in by_user.items():
+    # Python's sort is stable: equal timestamps keep file order.
+    idx = sorted(idx, key=lambda i: raw.events[i].timestamp)
+    for i in idx[:max(len(idx) - test_events - valid_events, 0)]:
+      item = raw.events[i].item
+      item_counts[item] += 1
+      genre_counts.update(raw.items[item].genres)
     if len(idx) < min_events:
       log.count('users_too_short')
       log.count('events_of_short_users', len(idx))
       continue
-    # Python's sort is stable: equal timestamps keep file order.
-    kept.append((user, sorted(idx, key=lambda i: raw.events[i].timestamp)))
+    kept.append((user, idx))
   if not kept:
     raise ValueError(f'No user has >= {min_events} events (seq_len={seq_len}); '
                      f'counts: {dict(log.counts)}')
 
-  # Vocabularies from events inside training windows only.
-  item_counts, genre_counts = collections.Counter(), collections.Counter()
   windows = {s: [] for s in SPLITS}
   for u, (_, idx) in enumerate(kept):
-    targets = _window_targets(len(idx), seq_len, stride)
-    for k, t in enumerate(targets):
-      split = SPLITS[2 - min(k, 2)]
-      windows[split].append((u, t, int(bool(raw.events[idx[t]].text))))
-    if len(targets) > 2:
-      for i in idx[:targets[2] + 1]:
-        item = raw.events[i].item
-        item_counts[item] += 1
-        genre_counts.update(raw.items[item].genres)
+    targets = split_targets(len(idx), seq_len, stride, test_events, valid_events, pad_short)
+    for split in SPLITS:
+      windows[split].extend((u, t, int(bool(raw.events[idx[t]].text))) for t in targets[split])
   vocabs = {
       'item': Vocab.from_counts(item_counts, min_count),
       'genre': Vocab.from_counts(genre_counts, min_count),

@@ -11,24 +11,22 @@ Array = jax.Array
 NEG = -1e30  # Score of excluded candidates.
 
 
-def exclusion_mask(history: Array, history_mask: Array, num_items: int,
-                   exclude_seen: bool, num_special: int = 2) -> Array:
-  """Candidates to drop: pad/OOV ids, and, with exclude_seen, the history's items.
+def exclusion_mask(seen: Array | None, batch_size: int, num_items: int,
+                   num_special: int = 2) -> Array:
+  """Candidates to drop: pad/OOV ids, and the items in `seen`.
 
   Args:
-    history: int32 [B, U] item ids; history_mask: bool [B, U]; num_items: V.
-    exclude_seen: drop items the user already interacted with in the history.
+    seen: bool [B, V], True at items the user interacted with before the target
+      (their whole past), or None to rank every item.
+    batch_size: B; num_items: V.
     num_special: ids below this (0 pad, 1 OOV) are never candidates.
 
   Returns:
     bool [B, V], True = excluded.
   """
-  b = history.shape[0]
-  excl = jnp.zeros((b, num_items), bool).at[:, :num_special].set(True)
-  if exclude_seen:
-    ids = jnp.where(history_mask, history, 0)
-    excl = excl.at[jnp.arange(b)[:, None], ids].set(True)
-  return excl
+  special = jnp.arange(num_items)[None] < num_special
+  excl = jnp.broadcast_to(special, (batch_size, num_items))
+  return excl if seen is None else excl | seen
 
 
 def rank_metrics(scores: Array, target: Array, excluded: Array,

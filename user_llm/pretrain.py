@@ -8,12 +8,17 @@
 - 'bert4rec': bidirectional encoder over item ids with [MASK]ed positions;
 - 'popularity': one logit per item (maximum-likelihood unigram over train targets).
 
-Evaluation (`evaluate`): on `config.eval.split` (default 'test': each user's last
-window), score the whole item catalogue for the target event (position U, after the
-U history events) and report Recall@K, NDCG@K; candidates exclude pad/OOV ids and,
-with `config.eval.exclude_seen`, the items of the history. A target that maps to OOV
-(never seen in training) counts as a miss. The AR model also reports the next-event
-accuracy of every feature.
+Evaluation (`evaluate`): on `config.eval.split` (default 'test': one window per
+held-out target), score the whole item catalogue for the target event (position U,
+after up to U history events) and report Recall@K, NDCG@K for each ranking of
+`config.eval.rankings`: 'all' (every item but pad/OOV; keys `recall@10`, ...) and
+'unseen' (also without every item of the user's past, not only the window; keys
+`unseen/recall@10`, ...). A target that maps to OOV (never seen in training) counts
+as a miss. The AR model also reports the next-event accuracy of every feature.
+Headline metrics carry 95% bootstrap bounds over users (`recall@10_lo`, `_hi`), and
+`eval_examples()` returns the per-target values behind them (user, target index,
+the user's number of events, one value per metric) for paired comparisons and
+protocol subsets.
 """
 
 from collections.abc import Mapping
@@ -26,6 +31,7 @@ import numpy as np
 
 from user_llm import metrics as metrics_lib
 from user_llm import sharding
+from user_llm import stats
 from user_llm import train
 from user_llm.models import baselines
 from user_llm.models import user_encoder as ue
@@ -49,8 +55,11 @@ def _synthetic_example(idx: int, seq_len: int, vocab: Mapping[str, int]) -> dict
            'genre': item % (vocab['genre'] - NUM_SPECIAL) + NUM_SPECIAL,
            'rating': item % (vocab['rating'] - NUM_SPECIAL) + NUM_SPECIAL}
   out = {f: np.where(mask, feats[f], 0).astype(np.int32) for f in vocab}
+  seen = np.zeros(vocab['item'], bool)
+  seen[out['item'][:-1]] = True
   out.update(timestamp=np.arange(seq_len + 1, dtype=np.int32), mask=mask,
-             user=np.int32(idx), example_mask=np.bool_(True))
+             user=np.int32(idx), target_index=np.int32(seq_len),
+             num_events=np.int32(seq_len + 1), seen=seen, example_mask=np.bool_(True))
   return out
 
 
@@ -86,7 +95,8 @@ class PretrainExperiment(train.Experiment):
     self.num_items = self.vocab_sizes['item']
     self.model_name = config.model.name
     self.model = self._build_model(config.model, config.data.seq_len)
-    self._eval_step = jax.jit(self._eval_sums)
+    self._eval_step = jax.jit(self._eval_per_example)
+    self._eval_examples: dict[str, list] | None = None
 
   # -- model
   def _build_model(self, mc, seq_len):
@@ -188,7 +198,7 @@ class PretrainExperiment(train.Experiment):
     return ue.next_event_loss({'item': logits}, {'item': tgt}, w.astype(jnp.float32))
 
   # -- data
-  def _dataset(self, split, batch_size, seed, num_epochs):
+  def _dataset(self, split, batch_size, seed, num_epochs, **overrides):
     """This process's slice of global batches of `split`."""
     if self.prepared is None:
       return synthetic_dataset(self.data_cfg, split, batch_size // jax.process_count(), seed,
@@ -197,7 +207,7 @@ class PretrainExperiment(train.Experiment):
     return data_pipelines.make_dataset(
         self.prepared, split, 'next_event', batch_size=batch_size, seed=seed,
         shuffle=split == 'train', num_epochs=num_epochs,
-        process_index=jax.process_index(), process_count=jax.process_count())
+        process_index=jax.process_index(), process_count=jax.process_count(), **overrides)
 
   def train_dataset(self, seed):
     return iter(self._dataset('train', self.config.train.batch_size, seed, None))
@@ -223,34 +233,55 @@ class PretrainExperiment(train.Experiment):
     logits = self.model.apply({'params': params}, {'item': feats['item']}, mask, masked, last)
     return logits[:, -1], {}
 
-  def _eval_sums(self, params, batch):
+  def _eval_per_example(self, params, batch):
+    """Per-example metrics [B] of every ranking, and per-feature accuracies."""
     ec = self.config.eval
     scores, last = self._scores(params, batch)
     target = batch['item'][:, -1]
-    valid = batch['example_mask'] & batch['mask'][:, -1] & (target > 0)
-    excl = metrics_lib.exclusion_mask(batch['item'][:, :-1], batch['mask'][:, :-1],
-                                      self.num_items, ec.exclude_seen, NUM_SPECIAL)
-    per = metrics_lib.rank_metrics(scores, target, excl, tuple(ec.ks), ec.ndcg_k)
     known = target >= NUM_SPECIAL  # OOV targets cannot be ranked: misses.
-    sums = {k: (v * known * valid).sum() for k, v in per.items()}
+    out = {}
+    for ranking in ec.rankings:
+      if ranking not in ('all', 'unseen'):
+        raise ValueError(f'Unknown config.eval.rankings entry {ranking!r}; expected all|unseen.')
+      seen = batch['seen'] if ranking == 'unseen' else None
+      excl = metrics_lib.exclusion_mask(seen, *scores.shape, NUM_SPECIAL)
+      per = metrics_lib.rank_metrics(scores, target, excl, tuple(ec.ks), ec.ndcg_k)
+      prefix = '' if ranking == 'all' else 'unseen/'
+      out.update({prefix + k: v * known for k, v in per.items()})
     for f, l in last.items():
-      sums[f'acc_{f}'] = (metrics_lib.accuracy(l, batch[f][:, -1]) * valid).sum()
-    sums['count'] = valid.sum().astype(jnp.float32)
-    return sums
+      out[f'acc_{f}'] = metrics_lib.accuracy(l, batch[f][:, -1])
+    return out
 
   def evaluate(self, params, step):
     ec = self.config.eval
-    ds = self._dataset(ec.split, ec.batch_size, 0, 1)
-    totals = None
+    ds = self._dataset(ec.split, ec.batch_size, 0, 1,
+                       seen_items='unseen' in ec.rankings)
+    cols: dict[str, list[np.ndarray]] = {}
     for i, batch in enumerate(ds):
       if 0 <= ec.max_batches <= i:
         break
-      sums = jax.device_get(self._eval_step(params, sharding.shard_batch(batch, self.mesh)))
-      totals = sums if totals is None else jax.tree_util.tree_map(np.add, totals, sums)
-    count = max(float(totals.pop('count')), 1.0)
-    out = {k: float(v) / count for k, v in sorted(totals.items())}
-    out['num_examples'] = count
+      per = jax.device_get(self._eval_step(params, sharding.shard_batch(batch, self.mesh)))
+      valid = batch['example_mask'] & batch['mask'][:, -1] & (batch['item'][:, -1] > 0)
+      for k in ('user', 'target_index', 'num_events'):
+        cols.setdefault(k, []).append(batch[k][valid])
+      for k, v in per.items():
+        cols.setdefault(k, []).append(np.asarray(v)[valid])
+    if not cols:
+      raise ValueError(f'No {ec.split} examples to evaluate.')
+    ex = {k: np.concatenate(v) for k, v in cols.items()}
+    self._eval_examples = {k: v.tolist() for k, v in ex.items()}
+    out = {k: float(v.mean()) for k, v in sorted(ex.items())
+           if k not in ('user', 'target_index', 'num_events')}
+    for k in ec.ci_metrics:
+      if k in ex:
+        est = stats.bootstrap(ex[k], ex['user'])
+        out[f'{k}_lo'], out[f'{k}_hi'] = est.lo, est.hi
+    out['num_examples'] = float(len(ex['user']))
+    out['num_users'] = float(len(np.unique(ex['user'])))
     return out
+
+  def eval_examples(self) -> dict[str, list] | None:
+    return self._eval_examples
 
 
 def _l2(x):

@@ -68,6 +68,14 @@ class Experiment(abc.ABC):
   def evaluate(self, params: PyTree, step: int) -> dict[str, float]:
     """Evaluation metrics of `params` (run on the host, may loop over a test split)."""
 
+  def eval_examples(self) -> dict[str, list] | None:
+    """Per-example values behind the last `evaluate` (JSON-able), or None.
+
+    The trainer writes them to WORKDIR/eval_examples.json, so benchmarks can pair
+    models target by target and bootstrap over users.
+    """
+    return None
+
   def load_pretrained(self, params: PyTree) -> PyTree:
     """Hook to replace parts of fresh params by pretrained ones (only from scratch)."""
     return params
@@ -268,6 +276,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     ckpt.close()
     writer.close()
   if jax.process_index() == 0:
+    examples = exp.eval_examples()
+    if examples is not None:
+      with open(os.path.join(workdir, 'eval_examples.json'), 'w') as f:
+        json.dump(examples, f)
     with open(os.path.join(workdir, 'results.json'), 'w') as f:
       json.dump({'step': step, 'train_wall_s': train_wall, 'total_wall_s': time.time() - t_start,
                  'num_params': num_params, 'resumed': how,

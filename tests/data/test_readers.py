@@ -83,18 +83,19 @@ def _check_movielens(prepared):
   items = [prepared.catalogue.all_names[i] for i in table[:, 0]]
   assert items == ['Heat, The (1995)', 'Toy Story (1995)', 'Up (2009)',
                    'Toy Story (1995)', 'Alien (1979)']
-  # Only the training window (target index 2) counts: events 0..2.
+  # Only training parts count: user 1's events 0..2 and user 2's first event (the
+  # user is too short to keep, but its training part still counts).
   assert prepared.vocabs['item'].values == ['10', '20', '30']
-  assert prepared.vocabs['genre'].values == ['Animation', 'Action', 'Comedy',
-                                             'Crime']
-  assert prepared.genres[:3] == ['<pad>', '<oov>', 'Animation']
+  assert prepared.vocabs['genre'].values == ['Action', 'Animation', 'Crime',
+                                             'Comedy']
+  assert prepared.genres[:3] == ['<pad>', '<oov>', 'Action']
   assert table[:, 1].tolist() == [2, 3, 4, 3, 1]  # Alien is OOV.
-  assert table[:, 2].tolist() == [3, 2, 2, 2, 1]  # First genre; Horror is OOV.
+  assert table[:, 2].tolist() == [2, 3, 3, 3, 1]  # First genre; Horror is OOV.
   assert [prepared.vocabs['rating'].value(r) for r in table[:, 3]] == [
       '4.5', '3.0', '0.5', '2.0', '5.0']
   assert prepared.catalogue.names[2:] == ['Heat, The (1995)', 'Toy Story (1995)',
                                           'Up (2009)']
-  assert prepared.catalogue.genre_ids[3] == (2, 4)  # Toy Story: Animation|Comedy
+  assert prepared.catalogue.genre_ids[3] == (3, 5)  # Toy Story: Animation|Comedy
   for split, target in [('train', 2), ('validation', 3), ('test', 4)]:
     assert prepared.windows(split)[:, :2].tolist() == [[0, target]]
   return table
@@ -127,7 +128,7 @@ def test_movielens_csv(tmp_path):
   # Animation 2x (Up, Toy Story) beats Comedy 1x.
   fav = _example(prepared, 'test', 'fav_genre')
   assert fav['prompt'] == "What is this user's favourite genre?\n"
-  assert (fav['answer'], fav['target']) == ('Animation', 2)
+  assert (fav['answer'], fav['target']) == ('Animation', 3)
   review = _example(prepared, 'test', 'review')
   assert review['prompt'] == "Write this user's next review of Alien (1979).\n"
   assert review['answer'] == 'classic, scary'

@@ -102,8 +102,8 @@ def test_rank_metrics_exact():
   scores = jnp.asarray([[0., 0., 5., 4., 3., 9.],
                         [0., 0., 1., 2., 3., 4.]])
   target = jnp.asarray([3, 2])
-  history = jnp.asarray([[5], [4]])
-  excl = metrics.exclusion_mask(history, jnp.ones((2, 1), bool), 6, exclude_seen=True)
+  seen = jnp.zeros((2, 6), bool).at[0, 5].set(True).at[1, 4].set(True)
+  excl = metrics.exclusion_mask(seen, 2, 6)
   m = metrics.rank_metrics(scores, target, excl, ks=(1, 2), ndcg_k=3)
   # Row 0: item 5 (seen) excluded, target 3 ranks second after item 2.
   # Row 1: item 4 excluded; items 5 and 3 outrank target 2: rank 2 (0-based).
@@ -111,7 +111,7 @@ def test_rank_metrics_exact():
   np.testing.assert_allclose(m['recall@2'], [1, 0])
   np.testing.assert_allclose(m['ndcg@3'], [1 / np.log2(3), 1 / np.log2(4)], rtol=1e-6)
   m2 = metrics.rank_metrics(scores, target,
-                            metrics.exclusion_mask(history, jnp.ones((2, 1), bool), 6, False),
+                            metrics.exclusion_mask(None, 2, 6),
                             ks=(1,), ndcg_k=3)
   np.testing.assert_allclose(m2['ndcg@3'], [0.5, 0.0])
 

@@ -33,7 +33,15 @@ def test_train_checkpoint_resume_and_init(tiny_config, tmp_path):
   c.train.num_steps = 4
   run = str(tmp_path / 'run')
   metrics = train.train_and_evaluate(c, run)
-  assert {'recall@1', 'recall@5', 'recall@10', 'ndcg@10', 'acc_item'} <= set(metrics)
+  assert {'recall@1', 'recall@5', 'recall@10', 'ndcg@10', 'acc_item', 'unseen/recall@10',
+          'recall@10_lo', 'recall@10_hi', 'num_users'} <= set(metrics)
+  assert metrics['recall@10_lo'] <= metrics['recall@10'] <= metrics['recall@10_hi']
+  # Excluding the user's past can only move the target up.
+  assert metrics['unseen/recall@10'] >= metrics['recall@10']
+  with open(os.path.join(run, 'eval_examples.json')) as f:
+    examples = json.load(f)
+  assert len(examples['user']) == len(examples['recall@10']) == metrics['num_examples']
+  assert np.mean(examples['recall@10']) == pytest.approx(metrics['recall@10'])
   assert sorted(os.listdir(os.path.join(run, 'checkpoints')))[-1] == '4'
   assert any(f.startswith('events') for f in os.listdir(os.path.join(run, 'tb')))
   encoder = checkpointing.load_params(run, 'user_encoder')
