@@ -135,6 +135,19 @@ def table(protocol: str, examples: dict, results: dict, title: str) -> list[str]
   return lines
 
 
+def probe_table(path: str) -> list[str]:
+  """The linear-probe table from benchmarks/stage1_probe.py's JSON."""
+  with open(path) as f:
+    r = json.load(f)
+  lines = [f"### Linear probes on frozen encoder outputs ({r['test_users']} test users, "
+           f"{r['train_windows']:,} training windows, {r['folds']}-fold cross-fitting over users)",
+           '', '| features | favourite genre acc | next-event genre acc |', '|---|---|---|']
+  for name, v in r['rows'].items():
+    cells = [f'{m:.3f} [{lo:.3f}, {hi:.3f}]' for m, lo, hi in (v['fav_genre'], v['next_genre'])]
+    lines.append(f'| {name} | {cells[0]} | {cells[1]} |')
+  return lines + ['']
+
+
 def report(rows: list[str], seeds: list[int], protocols: list[str]) -> str:
   out = []
   for protocol in protocols:
@@ -152,6 +165,9 @@ def report(rows: list[str], seeds: list[int], protocols: list[str]) -> str:
               for r, ex in examples.items()}
       out += table('full_window', full, results,
                     '(c) full 50-event windows (users with >= 52 events; subset of (a))')
+  probe_json = os.path.join(ROOT, 'benchmarks', 'stage1_probe.json')
+  if os.path.exists(probe_json):
+    out += probe_table(probe_json)
   return '\n'.join(out)
 
 

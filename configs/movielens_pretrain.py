@@ -2,7 +2,7 @@ r"""Stage 1: user-encoder pretraining (and baselines) on MovieLens.
 
 Launch (from the repo root):
   python -m launch.main --config configs/movielens_pretrain.py \
-      --workdir workdirs/stage1_ar_early
+      --workdir workdirs/stage1/standard/ar_early_s0
 Variants (arg string after ':', comma separated):
   model=ar|dual|bert4rec|popularity   fusion=early|late   runlocal (tiny smoke run)
   protocol=standard|multi_target|full_window (docs/stage1.md)

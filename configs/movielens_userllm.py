@@ -1,8 +1,8 @@
 r"""Stage 2: User-LLM on Gemma 3 270M with MovieLens (and the text-prompt baseline).
 
 Launch (from the repo root; needs the stage-1 encoder of configs/movielens_pretrain.py
-in workdirs/stage1_ar_early (workdirs/stage1_ar_early_L{seq_len} for seq_len != 50),
-or `random_encoder`):
+in workdirs/stage1/standard/ar_early_s0 (workdirs/stage1_ar_early_L{seq_len} for
+seq_len != 50), or `random_encoder`):
   python -m launch.main --config configs/movielens_userllm.py \
       --workdir workdirs/userllm_xattn
 Variants (arg string after ':', comma separated):
@@ -66,8 +66,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.userllm.lora_rank = 8  # gm.nn.LoRA rank (strategy 'lora').
   # Stage-1 run to load: its encoder's max_len is its seq_len, so 200 events need a
   # stage-1 run at 200 (README: `--config.data.seq_len=200`, workdir ..._L200).
-  c.userllm.encoder_workdir = 'workdirs/stage1_ar_early' + (
-      '' if a.seq_len == 50 else f'_L{a.seq_len}')
+  # At 50 events: seed 0 of the stage-1 benchmark's AR early-fusion row (protocol
+  # 'standard'; it shares the vocabularies of stage 2's full-window data).
+  c.userllm.encoder_workdir = ('workdirs/stage1/standard/ar_early_s0' if a.seq_len == 50
+                               else f'workdirs/stage1_ar_early_L{a.seq_len}')
   c.userllm.random_encoder = a.random_encoder  # Ablation: skip the stage-1 weights.
 
   c.train = ml_collections.ConfigDict()
@@ -83,6 +85,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.b1 = 0.9
   c.train.b2 = 0.99
   c.train.freeze = []  # Extra regexes; the strategy's rules are added by the experiment.
+  # [(param-path regex, lr factor)]: e.g. [('.*_gate', 10.)] lets the tanh gates open
+  # faster than AdamW's ~lr per step; gate values are logged as train/gate/layer_i/*.
+  c.train.lr_scale = []
   c.train.init_checkpoint = ''
   c.train.log_every = 10
   c.train.ckpt_every = 100

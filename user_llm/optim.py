@@ -52,15 +52,38 @@ def _decay_mask(params):
   return jax.tree_util.tree_map(lambda x: x.ndim >= 2, params)
 
 
+def _scaled_schedule(cfg, factor: float) -> optax.Schedule:
+  base = schedule(cfg)
+  return base if factor == 1.0 else (lambda step: factor * base(step))
+
+
 def make(cfg, params: Any) -> optax.GradientTransformation:
-  """The optimizer for `params` (arrays or ShapeDtypeStructs) from `config.train`."""
-  adamw = optax.chain(
-      optax.clip_by_global_norm(cfg.get('grad_clip', 1.0)),
-      optax.adamw(schedule(cfg), b1=cfg.get('b1', 0.9), b2=cfg.get('b2', 0.999),
-                  weight_decay=cfg.get('weight_decay', 0.0), mask=_decay_mask))
+  """The optimizer for `params` (arrays or ShapeDtypeStructs) from `config.train`.
+
+  `cfg.lr_scale` (optional) is [(regex, factor)]: matching trainable parameters use
+  lr * factor (e.g. the stage-2 gates, scalars that plain AdamW moves by ~lr a step).
+  """
+  def adamw(factor):
+    return optax.chain(
+        optax.clip_by_global_norm(cfg.get('grad_clip', 1.0)),
+        optax.adamw(_scaled_schedule(cfg, factor), b1=cfg.get('b1', 0.9),
+                    b2=cfg.get('b2', 0.999), weight_decay=cfg.get('weight_decay', 0.0),
+                    mask=_decay_mask))
   lab = labels(params, cfg.get('freeze', None))
+  scales = [(str(r), float(f)) for r, f in (cfg.get('lr_scale', None) or ())]
+
+  def scaled(path, label):
+    if label != 'adamw':
+      return label
+    p = sharding.path_str(path)
+    f = next((f for r, f in scales if re.fullmatch(r, p)), 1.0)
+    return 'adamw' if f == 1.0 else f'adamw_x{f:g}'
+  lab = jax.tree_util.tree_map_with_path(scaled, lab)
   used = set(jax.tree_util.tree_leaves(lab))
-  unknown = used - {'adamw', FROZEN}
+  unknown = {u for u in used if u != FROZEN and not u.startswith('adamw')}
   if unknown:
     raise ValueError(f'Unknown optimizer names in config.train.freeze: {unknown}')
-  return optax.multi_transform({'adamw': adamw, FROZEN: optax.set_to_zero()}, lab)
+  transforms = {FROZEN: optax.set_to_zero(), 'adamw': adamw(1.0)}
+  for _, f in scales:
+    transforms[f'adamw_x{f:g}'] = adamw(f)
+  return optax.multi_transform(transforms, lab)

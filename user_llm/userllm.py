@@ -37,6 +37,7 @@ from user_llm import checkpointing
 from user_llm import gemma_loader
 from user_llm import ranking
 from user_llm import sampling
+from user_llm import stats
 from user_llm import train
 from user_llm.models import gemma as gemma_lib
 from user_llm.models import testing
@@ -72,6 +73,17 @@ def xattn_layers(uc, num_layers: int) -> tuple[int, ...]:
   if uc.xattn_layers:
     return tuple(int(i) for i in uc.xattn_layers)
   return tuple(range(0, num_layers, uc.xattn_every))
+
+
+def gate_values(params) -> dict[str, jax.Array]:
+  """tanh of every cross-attention gate, named `gate/layer_{i}/{attn,ffw}` (logged to
+  TensorBoard with the training metrics: 0 = that block does not reach Gemma)."""
+  out = {}
+  for layer, p in sorted(params.get('cross_attention', {}).items()):
+    for g in ('attn', 'ffw'):
+      if f'{g}_gate' in p:
+        out[f'gate/{layer}/{g}'] = jnp.tanh(p[f'{g}_gate'].astype(jnp.float32))
+  return out
 
 
 class UserLLMExperiment(train.Experiment):
@@ -180,7 +192,7 @@ class UserLLMExperiment(train.Experiment):
     nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
     loss = jnp.sum(nll * w) / jnp.maximum(jnp.sum(w), 1.0)
     acc = jnp.sum((jnp.argmax(logp, -1) == targets) * w) / jnp.maximum(jnp.sum(w), 1.0)
-    return loss, {'token_accuracy': acc}
+    return loss, {'token_accuracy': acc, **gate_values(params)}
 
   def _dataset(self, split, task, batch_size, seed, **kw):
     import data_pipelines  # pylint: disable=g-import-not-at-top
@@ -240,11 +252,14 @@ class UserLLMExperiment(train.Experiment):
     return {'rougeLsum': np.asarray(scores, np.float32)}
 
   def evaluate(self, params, step):
+    """Per task: the mean of every metric, its 95% bootstrap CI over users
+    (`{task}/{metric}_lo`, `_hi`), and the per-example values (`eval_examples`)."""
     ec = self.config.eval
     results, t0 = {}, time.time()
+    self._eval_examples = {}
     for task in self.config.eval.tasks:
       rng = np.random.default_rng(ec.seed)
-      hits, count = {}, 0
+      cols: dict[str, list[np.ndarray]] = {}
       ds = self._dataset(ec.split, task, ec.batch_size, 0, shuffle=False, num_epochs=1)
       for i, batch in enumerate(ds):
         if 0 <= ec.max_batches <= i:
@@ -258,22 +273,30 @@ class UserLLMExperiment(train.Experiment):
         feats = {f: jnp.asarray(batch[f]) for f in self.features}
         user = ul.user_inputs(self.model, params, feats, jnp.asarray(batch['mask']))
         if task == 'review':  # Generated text against the reference: ROUGE-Lsum.
-          for k, v in self._rouge(params, prompts, user, batch).items():
-            hits[k] = hits.get(k, 0.0) + float(v[keep].sum())
-          count += int(keep.sum())
+          per = self._rouge(params, prompts, user, batch)
+        else:
+          cands, target = self._candidates(task, batch, rng)
+          scores = ranking.score_candidates(self.model, params, prompts, cands, user,
+                                            chunk=ec.candidate_chunk)
+          ks = (1,) if task == 'fav_genre' else tuple(ec.ks)
+          per = ranking.recall_at(scores, target, ks)
+        cols.setdefault('user', []).append(batch['user'][keep])
+        for k, v in per.items():
+          cols.setdefault(k, []).append(np.asarray(v)[keep])
+      ex = {k: np.concatenate(v) for k, v in cols.items()}
+      for k, v in ex.items():
+        if k == 'user' or not len(v):
           continue
-        cands, target = self._candidates(task, batch, rng)
-        scores = ranking.score_candidates(self.model, params, prompts, cands, user,
-                                          chunk=ec.candidate_chunk)
-        ks = (1,) if task == 'fav_genre' else tuple(ec.ks)
-        for k, v in ranking.recall_at(scores, target, ks).items():
-          hits[k] = hits.get(k, 0.0) + float(v[keep].sum())
-        count += int(keep.sum())
-      for k, v in hits.items():
-        results[f'{task}/{k}'] = v / max(count, 1)
-      results[f'{task}/examples'] = count
+        est = stats.bootstrap(v, ex['user'])
+        results[f'{task}/{k}'] = est.mean
+        results[f'{task}/{k}_lo'], results[f'{task}/{k}_hi'] = est.lo, est.hi
+      results[f'{task}/examples'] = len(ex.get('user', ()))
+      self._eval_examples[task] = {k: v.tolist() for k, v in ex.items()}
     results['eval_wall_s'] = time.time() - t0
     return results
+
+  def eval_examples(self):
+    return getattr(self, '_eval_examples', None)
 
 
 def _rouge_lsum(scorer, reference: str, generated: str) -> float:

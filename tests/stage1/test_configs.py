@@ -37,8 +37,11 @@ def test_config_builds_runlocal(path):
 def test_pretrain_variants_build():
   from configs import movielens_pretrain  # pylint: disable=g-import-not-at-top
   for arg in ('model=ar,fusion=late', 'model=dual', 'model=bert4rec', 'model=popularity',
-              'runlocal,synthetic,steps=3'):
+              'runlocal,synthetic,steps=3', 'protocol=multi_target', 'protocol=full_window'):
     movielens_pretrain.get_config(arg)
+  assert movielens_pretrain.get_config('protocol=multi_target').data.test_events == 5
+  with pytest.raises(ValueError, match='protocol'):
+    movielens_pretrain.get_config('protocol=loo')
   with pytest.raises(ValueError, match='modle'):
     movielens_pretrain.get_config('modle=ar')
 
@@ -50,7 +53,8 @@ def test_userllm_variants_build():
       config = movielens_userllm.get_config(f'mode={mode},strategy={strategy},latents=16')
       assert config.userllm.mode == mode and config.userllm.strategy == strategy
   # The stage-1 encoder's max_len is its seq_len: 200 events load the 200-event run.
-  assert movielens_userllm.get_config('').userllm.encoder_workdir.endswith('stage1_ar_early')
+  assert movielens_userllm.get_config('').userllm.encoder_workdir.endswith(
+      'stage1/standard/ar_early_s0')
   long = movielens_userllm.get_config('seq_len=200,mode=text_prompt')
   assert long.userllm.encoder_workdir.endswith('stage1_ar_early_L200')
   assert long.data.max_prompt_tokens >= 22 * 200  # ~22 Gemma tokens per event.

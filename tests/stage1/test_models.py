@@ -139,3 +139,17 @@ def test_sharding_rules():
   # Optimizer states match by suffix; rank mismatch falls back to replication.
   assert tuple(sharding.spec_for('0/mu/x/attn/q', (16, 2, 8), rules, mesh))[0] == 'fsdp'
   assert tuple(sharding.spec_for('x/attn/q', (16,), rules, mesh)) == ()
+
+
+def test_lr_scale_multiplies_the_step_of_matching_params():
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  cfg = ml_collections.ConfigDict(dict(lr=1e-3, warmup=0, num_steps=10, min_lr_ratio=1.0,
+                                       lr_scale=[(r'.*_gate', 10.0)], freeze=['enc/.*']))
+  params = {'xattn': {'attn_gate': jnp.zeros(()), 'w': jnp.ones((2, 2))},
+            'enc': {'w': jnp.ones((2, 2))}}
+  tx = optim.make(cfg, params)
+  updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+  # Adam's first step moves every trainable parameter by lr (x10 for the gate).
+  np.testing.assert_allclose(updates['xattn']['attn_gate'], -1e-2, rtol=1e-3)
+  np.testing.assert_allclose(updates['xattn']['w'], -1e-3, rtol=1e-3)
+  np.testing.assert_array_equal(updates['enc']['w'], 0.0)

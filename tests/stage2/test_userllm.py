@@ -77,9 +77,18 @@ def test_train_eval_resume(tiny_movielens, tmp_path, stage1_workdir, arg):
   for key in ('next_item/recall@1', 'next_item/recall@5', 'fav_genre/recall@1'):
     assert 0.0 <= metrics[key] <= 1.0
   assert metrics['next_item/examples'] > 0
+  lo, hi = metrics['fav_genre/recall@1_lo'], metrics['fav_genre/recall@1_hi']
+  assert lo <= metrics['fav_genre/recall@1'] <= hi  # 95% bootstrap CI over users.
+  import json
+  with open(tmp_path / 'run' / 'eval_examples.json') as f:
+    examples = json.load(f)
+  assert len(examples['next_item']['recall@5']) == metrics['next_item/examples']
+  if 'mode=' not in arg:  # Cross-attention: every gate is logged with the train metrics.
+    with open(tmp_path / 'run' / 'metrics.jsonl') as f:
+      train_lines = [json.loads(l) for l in f if '"train"' in l]
+    assert 'gate/layer_0/attn' in train_lines[-1] and 'gate/layer_0/ffw' in train_lines[-1]
   cfg.train.num_steps = 4  # Relaunch: resumes at step 2.
   train.train_and_evaluate(cfg, str(tmp_path / 'run'))
-  import json
   with open(tmp_path / 'run' / 'results.json') as f:
     assert json.load(f)['resumed'] == 'resumed@2'
 

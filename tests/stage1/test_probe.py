@@ -1,0 +1,34 @@
+"""Linear probes: a separable label is learnt, a random one is not, users stay apart."""
+
+import numpy as np
+
+from user_llm import probe
+
+
+def _data(num_users=60, per_user=6, seed=0):
+  rng = np.random.default_rng(seed)
+  users = np.repeat(np.arange(num_users), per_user)
+  x = rng.normal(size=(len(users), 5)).astype(np.float32)
+  labels = {'linear': (x[:, 0] > 0).astype(int) + 2 * (x[:, 1] > 0),  # 4 classes.
+            'noise': rng.integers(0, 4, len(users))}
+  is_test = np.zeros(len(users), bool)
+  is_test[per_user - 1::per_user] = True  # Each user's last example is its test one.
+  return probe.ProbeData(x, labels, users, is_test)
+
+
+def test_cross_fit_learns_a_linear_label_and_not_noise():
+  data = _data()
+  est, hits = probe.cross_fit(data, 'linear', 4, folds=3)
+  assert est.num_users == 60 and len(hits) == 60
+  assert est.mean > 0.85 and est.lo <= est.mean <= est.hi
+  noise, _ = probe.cross_fit(data, 'noise', 4, folds=3)
+  assert noise.mean < 0.5  # Chance is 0.25.
+  assert probe.majority(data, 'noise').mean < 0.5
+
+
+def test_fit_logreg_folds_standardisation_into_raw_weights():
+  data = _data()
+  x = data.x * 100 + 7  # Badly scaled features give the same predictions.
+  w, b = probe.fit_logreg(x, data.labels['linear'], 4)
+  acc = ((x @ w + b).argmax(-1) == data.labels['linear']).mean()
+  assert acc > 0.9
