@@ -67,9 +67,16 @@ def labels_and_bag(prepared, rows: np.ndarray):
   return np.asarray(fav), np.asarray(nxt), bag
 
 
-def encoder_features(exp, params, rows: np.ndarray, batch_size: int = 256) -> np.ndarray:
-  """[last position | mean over real positions] of the encoder outputs, [N, 2D]."""
+def window_inputs(exp, rows: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+  """History features {f: int32[N, U]} and mask bool[N, U] of the window rows."""
   example = dp.Example(exp.prepared, 'next_event', exp.features, dp.ByteTokenizer(), False, 1, 1)
+  exs = [example(r) for r in rows]
+  feats = {f: np.stack([e[f][:-1] for e in exs]) for f in exp.features}
+  return feats, np.stack([e['mask'][:-1] for e in exs])
+
+
+def encoder_features(exp, params, feats, mask, batch_size: int = 512) -> np.ndarray:
+  """[last position | mean over real positions] of the encoder outputs, [N, 2D]."""
 
   @jax.jit
   def embed(params, feats, mask):
@@ -78,13 +85,14 @@ def encoder_features(exp, params, rows: np.ndarray, batch_size: int = 256) -> np
     mean = (h * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
     return jnp.concatenate([h[:, -1], mean], -1)
 
-  out = []
-  for s in range(0, len(rows), batch_size):
-    exs = [example(r) for r in rows[s:s + batch_size]]
-    feats = {f: np.stack([e[f][:-1] for e in exs]) for f in exp.features}
-    mask = np.stack([e['mask'][:-1] for e in exs])
-    out.append(np.asarray(embed(params, feats, mask)))
-  return np.concatenate(out)
+  n = len(mask)
+  pad = -n % batch_size  # One compiled shape.
+  feats = {f: np.pad(x, ((0, pad), (0, 0))) for f, x in feats.items()}
+  mask = np.pad(mask, ((0, pad), (0, 0)), constant_values=True)
+  out = [np.asarray(embed(params, {f: x[s:s + batch_size] for f, x in feats.items()},
+                          mask[s:s + batch_size]))
+         for s in range(0, n + pad, batch_size)]
+  return np.concatenate(out)[:n]
 
 
 def main():
@@ -107,9 +115,10 @@ def main():
   encoders = {'pretrained encoder': checkpointing.load_params(args.workdir)}
   for s in args.random_seeds.split(','):
     encoders[f'random encoder (init seed {s})'] = exp.init_params(jax.random.key(1000 + int(s)))
+  inputs = window_inputs(exp, rows)
   feats = {}
   for name, params in encoders.items():
-    x = encoder_features(exp, params, rows)
+    x = encoder_features(exp, params, *inputs)
     d = x.shape[1] // 2
     # The last output is the causal encoder's summary of the whole history; the mean
     # is what a reader attending to every output (stage 2's cross-attention) can get.
