@@ -177,7 +177,8 @@ def main():
   parser.add_argument('--seeds', default='0,1,2')
   parser.add_argument('--protocols', default=','.join(PROTOCOLS))
   parser.add_argument('--report_only', action='store_true', help='Only rewrite the tables.')
-  parser.add_argument('--out', default=os.path.join(ROOT, 'benchmarks', 'stage1_tables.md'))
+  parser.add_argument('--out', default=os.path.join(ROOT, 'workdirs', 'stage1', 'tables.md'),
+                      help='Generated tables (benchmarks/stage1_results.md quotes them).')
   parser.add_argument('extra', nargs='*', help='Extra launcher flags for every run.')
   args = parser.parse_args()
   rows, protocols = args.rows.split(','), args.protocols.split(',')
