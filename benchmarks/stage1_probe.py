@@ -25,7 +25,7 @@ from user_llm import probe
 from user_llm import pretrain
 from user_llm import sharding
 
-_COL = {c: i for i, c in enumerate(('item_index', 'item', 'genre', 'rating', 'timestamp'))}
+_COL = {c: i for i, c in enumerate(dp.COLUMNS)}  # Columns of a stored timeline.
 
 
 def load_experiment(wd: str) -> pretrain.PretrainExperiment:

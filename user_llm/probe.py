@@ -57,8 +57,8 @@ def fit_logreg(x: np.ndarray, y: np.ndarray, num_classes: int, *, l2: float = 1e
     l2: weight penalty (on the standardised scale).
 
   Returns:
-    (mean, scale, W, b) folded into (W', b') that apply to raw features:
-    logits = x @ W' + b'.
+    (W [F, C], b [C]) on the raw features (the standardisation folded in):
+    logits = x @ W + b.
   """
   mu, sd = x.mean(0), x.std(0) + 1e-6
   xs = jnp.asarray((x - mu) / sd, jnp.float32)
