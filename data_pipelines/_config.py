@@ -61,6 +61,10 @@ def default_data_config(name: str = 'movielens',
   c.text_prompt = False  # Stage 2: serialise the history as text in the prompt.
   c.max_prompt_tokens = 64  # Stage 2: BOS + prompt budget (text mode: e.g. 1024).
   c.max_answer_tokens = 32  # Stage 2: answer + EOS budget (review: e.g. 128).
+  # Stage 2 training batches: cut tokens and answer positions to the batch's longest
+  # example, rounded up to this multiple (a handful of shapes, each compiled once):
+  # most examples are far shorter than the budgets. 0 = fixed shapes.
+  c.trim_multiple = 8
   c.tokenizer_path = ''  # Gemma tokenizer.model; '' = ByteTokenizer (tests only).
   return c
 

@@ -38,8 +38,9 @@ class Example:
   only the window). A history shorter than U (data config pad_short) is
   left-padded: ids 0, mask False.
   Stage 2: {feature}, timestamp int32[U], mask bool[U], tokens int32[L],
-  loss_mask bool[L], prompt_len int32[], target int32[], user, example_mask, where
-  L = max_prompt_tokens + max_answer_tokens.
+  loss_mask bool[L], prompt_len int32[], answer_pos int32[A], answer_mask bool[A],
+  target int32[], user, example_mask, where A = max_answer_tokens and
+  L = max_prompt_tokens + A (see `_tasks.pack`).
   """
 
   def __init__(self, prepared: Prepared, task: str, features: tuple[str, ...],
@@ -79,7 +80,8 @@ class Example:
       length = self.max_prompt + self.max_answer
       out.update(tokens=np.full(length, self.tok.pad_id, np.int32),
                  loss_mask=np.zeros(length, bool), prompt_len=np.int32(0),
-                 target=np.int32(0))
+                 target=np.int32(0), answer_pos=np.zeros(self.max_answer, np.int32),
+                 answer_mask=np.zeros(self.max_answer, bool))
     return out
 
   def __call__(self, row: np.ndarray) -> dict[str, np.ndarray]:
@@ -196,7 +198,39 @@ def make_dataset(prepared: Prepared, split: str, task: str, *, batch_size: int,
                       int(config['max_answer_tokens']),
                       bool(config.get('seen_items', False))))
   ds = ds.batch(batch_size // process_count, drop_remainder=drop_remainder)
+  multiple = int(config.get('trim_multiple', 0))
+  # Trimming is per process, so it would give processes different shapes for one
+  # global batch: multi-process runs keep the fixed budgets.
+  if multiple and not (task in _tasks.STAGE1_TASKS or process_count > 1):
+    ds = ds.map(lambda batch: trim_batch(batch, multiple))
   return ds.to_iter_dataset()
 
 
-__all__ = ['Example', 'make_dataset', 'ByteTokenizer']
+def trim_batch(batch: dict[str, np.ndarray], multiple: int) -> dict[str, np.ndarray]:
+  """A stage-2 batch cut to its longest example, with its answer positions packed.
+
+  tokens/loss_mask [B, L] -> [B, L'], L' the last real token of any row rounded up
+  to `multiple`; examples are left-aligned and right-padded (`_tasks.pack`), so only
+  padding goes. The N answer+EOS positions of the batch (row-major) are packed into
+  answer_row/answer_pos/answer_mask [B, A'], A' = ceil(N / B) rounded up to
+  `multiple // 2`, instead of [B, A] with A the longest answer: the loss needs
+  logits only there, and the unembedding is the costliest part of a step.
+  """
+  def cut(n: int, full: int, m: int) -> int:
+    return min(full, max(m, -(-n // m) * m))
+  b, full = batch['tokens'].shape
+  real = batch['tokens'] != 0
+  ends = np.where(real.any(1), full - np.argmax(real[:, ::-1], axis=1), 0)
+  length = cut(int(ends.max()), full, multiple)
+  rows, cols = np.nonzero(batch['answer_mask'])
+  n = len(rows)
+  answer = cut(-(-n // b), batch['answer_mask'].shape[1], max(1, multiple // 2))
+  out = dict(batch, tokens=batch['tokens'][:, :length], loss_mask=batch['loss_mask'][:, :length])
+  out['answer_row'] = np.zeros(b * answer, np.int32)
+  out['answer_pos'] = np.ones(b * answer, np.int32)  # Padding: any position >= 1.
+  out['answer_mask'] = np.zeros(b * answer, bool)
+  out['answer_row'][:n], out['answer_pos'][:n] = rows, batch['answer_pos'][rows, cols]
+  out['answer_mask'][:n] = True
+  for k in ('answer_row', 'answer_pos', 'answer_mask'):
+    out[k] = out[k].reshape(b, answer)
+  return out

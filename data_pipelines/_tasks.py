@@ -89,9 +89,10 @@ def pack(prompt: list[int], answer: list[int], bos: int, eos: int, pad: int,
   """[BOS] prompt answer [EOS] PAD..., with the answer+EOS positions in loss_mask.
 
   Returns:
-    tokens int32[L], loss_mask bool[L], prompt_len int32[] with
-    L = max_prompt + max_answer; BOS+prompt get at most max_prompt tokens (the
-    prompt keeps its end), answer+EOS at most max_answer.
+    tokens int32[L], loss_mask bool[L], prompt_len int32[], answer_pos int32[A]
+    (positions of answer+EOS, then the last position), answer_mask bool[A] with
+    A = max_answer and L = max_prompt + max_answer; BOS+prompt get at most
+    max_prompt tokens (the prompt keeps its end), answer+EOS at most max_answer.
   """
   if max_prompt < 1 or max_answer < 1:
     raise ValueError('max_prompt and max_answer must be >= 1 (BOS, EOS).')
@@ -102,5 +103,8 @@ def pack(prompt: list[int], answer: list[int], bos: int, eos: int, pad: int,
   tokens[:len(seq)] = seq
   loss_mask = np.zeros(max_prompt + max_answer, bool)
   loss_mask[len(prompt):len(seq)] = True
+  k = np.arange(max_answer)
   return {'tokens': tokens, 'loss_mask': loss_mask,
-          'prompt_len': np.int32(len(prompt))}
+          'prompt_len': np.int32(len(prompt)),
+          'answer_pos': np.minimum(len(prompt) + k, len(tokens) - 1).astype(np.int32),
+          'answer_mask': k < len(answer)}

@@ -87,6 +87,10 @@ def score_candidates(model, params, prompts: np.ndarray, candidates: np.ndarray,
   Returns:
     float32[B, C].
   """
+  # Only the longest candidate's length (rounded up to 8: few compiled shapes) is
+  # scored: candidates are right-padded, and padded positions cost a 262k-way logit.
+  used = int((candidates != 0).any((0, 1)).nonzero()[0].max(initial=0)) + 1
+  candidates = candidates[:, :, :min(candidates.shape[2], -(-used // 8) * 8)]
   c, a = candidates.shape[1:]
   chunk = chunk or c
   state = _prefill(model, params, jnp.asarray(prompts), user, a)

@@ -54,7 +54,7 @@ def test_shapes(prepared, task, text_prompt):
       dp.make_dataset(prepared, 'train', task, batch_size=4)
     return
   b = next(iter(dp.make_dataset(prepared, 'train', task, batch_size=4,
-                                text_prompt=text_prompt)))
+                                text_prompt=text_prompt, trim_multiple=0)))
   u = SEQ_LEN + 1 if task == 'next_event' else SEQ_LEN
   for f in ('item', 'genre', 'rating', 'timestamp'):
     assert b[f].shape == (4, u) and b[f].dtype == np.int32
@@ -163,6 +163,7 @@ def test_fit_prompt_drops_oldest_lines_and_pack():
   assert out['tokens'].tolist() == [2, 6, 7, 8, 9, 1]
   assert out['loss_mask'].tolist() == [False, False, False, True, True, True]
   assert out['prompt_len'] == 3
+  assert out['answer_pos'].tolist() == [3, 4, 5] and out['answer_mask'].all()
 
 
 def test_byte_tokenizer_round_trip():
@@ -209,3 +210,22 @@ def test_gemma_tokenizer():
   assert (tok.bos_id, tok.eos_id, tok.pad_id, tok.vocab_size) == (2, 1, 0, 262144)
   assert tok.decode(tok.encode('Up (2009); Animation; 4.0\n')) == (
       'Up (2009); Animation; 4.0\n')
+
+
+@pytest.mark.parametrize('task', ['next_item', 'fav_genre'])
+def test_trimmed_batches_keep_every_token_and_answer(prepared, task):
+  kw = dict(batch_size=4, seed=1, text_prompt=True)
+  full = _take(iter(dp.make_dataset(prepared, 'train', task, trim_multiple=0, **kw)), 3)
+  cut = _take(iter(dp.make_dataset(prepared, 'train', task, trim_multiple=8, **kw)), 3)
+  for a, b in zip(full, cut):
+    length, answers = b['tokens'].shape[1], b['answer_pos'].shape[1]
+    assert length % 8 == 0 and length < a['tokens'].shape[1] and answers % 4 == 0
+    np.testing.assert_array_equal(a['tokens'][:, :length], b['tokens'])
+    assert not a['tokens'][:, length:].any()  # Only padding was cut.
+    # The packed (row, position) answer pairs are exactly the fixed-shape ones.
+    want = sorted(zip(*np.nonzero(a['answer_mask'])))
+    want = [(r, a['answer_pos'][r, c]) for r, c in want]
+    got = list(zip(b['answer_row'][b['answer_mask']], b['answer_pos'][b['answer_mask']]))
+    assert got == want
+    assert (b['answer_pos'] < length).all() and (b['answer_pos'] >= 1).all()
+    assert a['loss_mask'][b['answer_row'][b['answer_mask']], b['answer_pos'][b['answer_mask']]].all()

@@ -118,3 +118,21 @@ def test_review_generation_rouge(tiny_movielens, tmp_path, stage1_workdir):
   metrics = train.train_and_evaluate(cfg, str(tmp_path / 'review'))
   assert metrics['review/examples'] > 0
   assert 0.0 <= metrics['review/rougeLsum'] <= 1.0
+
+
+@pytest.mark.parametrize('arg', ['tiny', 'tiny,mode=soft_prompt,latents=4'])
+def test_trimmed_batch_has_the_same_loss(tiny_movielens, tmp_path, stage1_workdir, arg):
+  """Cutting padding and packing answer positions (trim_batch) changes no number."""
+  cfg = _config(tiny_movielens, tmp_path, stage1_workdir, arg)
+  cfg.data.max_prompt_tokens = 48  # Room to trim.
+  exp = _exp(cfg)
+  params = exp.load_pretrained(exp.init_params(jax.random.PRNGKey(0)))
+  rng = jax.random.PRNGKey(1)
+  for task in ('next_item', 'fav_genre'):
+    kw = dict(batch_size=4, seed=0)
+    full = next(iter(exp._dataset('train', task, trim_multiple=0, **kw)))
+    cut = next(iter(exp._dataset('train', task, trim_multiple=8, **kw)))
+    assert cut['tokens'].shape[1] < full['tokens'].shape[1]
+    (l1, m1), (l2, m2) = exp.loss_fn(params, full, rng), exp.loss_fn(params, cut, rng)
+    np.testing.assert_allclose(l1, l2, rtol=1e-5)
+    np.testing.assert_allclose(m1['token_accuracy'], m2['token_accuracy'])

@@ -137,7 +137,7 @@ class UserLLM(nn.Module):
         tokens, prefix=prefix, prefix_mask=prefix_mask, layer_hook=hook,
         hook_layers=tuple(self.xattn_layers) if hook else (), **decoder_kwargs)
 
-  def forward(self, features, mask, tokens, input_mask=None, logits_at=None):
+  def forward(self, features, mask, tokens, input_mask=None, logits_at=None, logits_rows=None):
     """Training/eval forward: user side then decoder.
 
     Args:
@@ -146,16 +146,18 @@ class UserLLM(nn.Module):
       logits_at: int[B, A] token positions whose logits to return (the soft
         prompt's prefix is accounted for here); None = every position, prefix
         included.
+      logits_rows: int[B, A] batch row of each `logits_at` (default: its own).
     """
+    at = dict(logits_at=logits_at, logits_rows=logits_rows)
     if self.mode == 'text_prompt':
-      return self(tokens, input_mask=input_mask, logits_at=logits_at)
+      return self(tokens, input_mask=input_mask, **at)
     memory, memory_mask = self.user_memory(features, mask)
     if self.mode == 'soft_prompt':
-      at = None if logits_at is None else logits_at + memory.shape[1]
-      return self(tokens, prefix=memory, prefix_mask=memory_mask, input_mask=input_mask,
-                  logits_at=at)
+      if logits_at is not None:
+        at['logits_at'] = logits_at + memory.shape[1]
+      return self(tokens, prefix=memory, prefix_mask=memory_mask, input_mask=input_mask, **at)
     return self(tokens, memory_kv=self.memory_kv(memory), memory_mask=memory_mask,
-                input_mask=input_mask, logits_at=logits_at)
+                input_mask=input_mask, **at)
 
   def init_all(self, features, mask, tokens):
     """Touches every submodule (for `init`)."""
