@@ -1,12 +1,14 @@
 r"""Stage-2 benchmark: User-LLM variants against the text-prompt baseline on MovieLens.
 
-Every row trains `configs/movielens_userllm.py` with the real Gemma 3 270M at the same
-scale (steps, batch, tasks next_item + fav_genre mixed), then evaluates on the same
-test windows. Each row runs in a fresh process so its peak RSS is its own.
+Every row trains `configs/movielens_userllm.py` with the real Gemma 3 270M on the
+same examples (`--examples`, tasks next_item + fav_genre mixed, same seed and order),
+then is scored on ALL test users (one window each), every metric with a 95%
+bootstrap CI over users. Each row runs in a fresh process so its peak RSS is its own.
+Text prompt + LoRA trains at the FLOPs the cross-attention row spent (XLA cost
+analysis, `config.train.flop_budget`): the examples that budget buys are reported.
 
-  python -m benchmarks.stage2 --steps 40 --batch_size 4 --eval_batches 8 \
-      --out benchmarks/stage2_results.md            # all rows, in order
-  python -m benchmarks.stage2 --rows xattn,soft ... # a subset
+  python -m benchmarks.stage2 --examples 4000 --out benchmarks/stage2_results.md
+  python -m benchmarks.stage2 --rows xattn,xattn_random_enc ...   # a subset, in order
 
 Results are appended to `--jsonl` as each row finishes and the markdown table is
 rewritten from it, so an interrupted run keeps its finished rows.
@@ -25,22 +27,25 @@ from absl import logging
 
 # name -> (config arg, description). Strategy 'enc' unless the name says otherwise.
 ROWS = {
-    'text_prompt_zeroshot': ('mode=text_prompt,strategy=enc', 'text prompt, frozen Gemma (nothing to train)'),
-    'text_prompt_lora': ('mode=text_prompt,strategy=lora', 'text prompt, LoRA'),
     'xattn': ('mode=cross_attention', 'cross-attention, Enc'),
-    'xattn_perceiver': ('mode=cross_attention,latents=16', 'cross-attention + Perceiver, Enc'),
+    'xattn_random_enc': ('mode=cross_attention,random_encoder', 'cross-attention, random encoder, Enc'),
+    'text_prompt_zeroshot': ('mode=text_prompt,strategy=enc', 'text prompt, frozen Gemma (nothing to train)'),
     'soft': ('mode=soft_prompt', 'soft prompt, Enc'),
+    'text_prompt_lora': ('mode=text_prompt,strategy=lora', 'text prompt, LoRA, FLOPs of cross-attention'),
+    'xattn_perceiver': ('mode=cross_attention,latents=16', 'cross-attention + Perceiver, Enc'),
     'soft_perceiver': ('mode=soft_prompt,latents=16', 'soft prompt + Perceiver, Enc'),
     'xattn_lora': ('mode=cross_attention,strategy=lora', 'cross-attention, LoRA'),
     'xattn_full': ('mode=cross_attention,strategy=full', 'cross-attention, Full'),
     'xattn_proj': ('mode=cross_attention,strategy=proj', 'cross-attention, Proj'),
-    'xattn_random_enc': ('mode=cross_attention,random_encoder', 'cross-attention, random encoder, Enc'),
 }
+DEFAULT_ROWS = ['xattn', 'xattn_random_enc', 'text_prompt_zeroshot', 'soft', 'text_prompt_lora',
+                'xattn_perceiver']
 
-_ROWS = flags.DEFINE_list('rows', list(ROWS), 'Rows to run, in order.')
-_STEPS = flags.DEFINE_integer('steps', 40, 'Training steps per row.')
-_BATCH = flags.DEFINE_integer('batch_size', 4, 'Global train batch.')
-_EVAL_BATCHES = flags.DEFINE_integer('eval_batches', 8, 'Test batches of 4 users per task.')
+_ROWS = flags.DEFINE_list('rows', DEFAULT_ROWS, 'Rows to run, in order.')
+_EXAMPLES = flags.DEFINE_integer('examples', 4000, 'Training examples per row.')
+_BATCH = flags.DEFINE_integer('batch_size', 8, 'Global train batch.')
+_EVAL_BATCHES = flags.DEFINE_integer('eval_batches', -1, 'Test batches of 4 users per task; -1 = all.')
+_BUDGET_ROW = flags.DEFINE_string('budget_row', 'xattn', 'Row whose training FLOPs the LoRA row gets.')
 _CANDIDATES = flags.DEFINE_integer('num_candidates', 20, 'Next-item candidates.')
 _SEQ_LEN = flags.DEFINE_integer('seq_len', 50, 'History events.')
 _WORKROOT = flags.DEFINE_string('workroot', 'workdirs/stage2_bench', 'Per-row workdirs.')
@@ -57,10 +62,17 @@ def run_row(name: str) -> dict:
 
   arg = f'{ROWS[name][0]},seq_len={_SEQ_LEN.value}'
   cfg = movielens_userllm.get_config(arg)
-  cfg.train.num_steps = _STEPS.value if 'zeroshot' not in name else 0
+  steps = _EXAMPLES.value // _BATCH.value
+  if name.endswith('_lora') and cfg.userllm.mode == 'text_prompt':
+    budget = _budget_gflop()
+    cfg.train.flop_budget = budget * 1e9
+    # Estimated steps for the schedule (~1.2x the text prompt's tokens per example
+    # relative to the user-embedding rows); the budget ends the run.
+    steps = max(10, int(steps * 32 / (24 * _SEQ_LEN.value + 64) * 1.5))
+  cfg.train.num_steps = steps if 'zeroshot' not in name else 0
   cfg.train.batch_size = _BATCH.value
-  cfg.train.warmup = max(1, _STEPS.value // 10)
-  cfg.train.ckpt_every = max(_STEPS.value, 1)
+  cfg.train.warmup = max(1, steps // 10)
+  cfg.train.ckpt_every = max(steps, 1)
   cfg.eval.max_batches = _EVAL_BATCHES.value
   cfg.eval.num_candidates = _CANDIDATES.value
   workdir = os.path.join(_WORKROOT.value, f'{name}_L{_SEQ_LEN.value}')
@@ -80,57 +92,81 @@ def run_row(name: str) -> dict:
   extra = 0
   if cfg.userllm.mode == 'soft_prompt':
     extra = cfg.userllm.num_latents or cfg.data.seq_len
+  gates = {}
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    for rec in map(json.loads, f):
+      if rec.get('split') == 'train':
+        gates = {k: v for k, v in rec.items() if k.startswith('gate/')}
   commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True,
                           text=True, check=False).stdout.strip()
   return {
       'row': name, 'desc': ROWS[name][1], 'commit': commit, 'seq_len': cfg.data.seq_len,
-      'steps': cfg.train.num_steps, 'batch': cfg.train.batch_size,
+      'steps': res['step'], 'batch': cfg.train.batch_size,
+      'examples': res['step'] * cfg.train.batch_size, 'train_gflop': res.get('train_gflop', 0.0),
       'train_wall_s': res['train_wall_s'], 'total_wall_s': time.time() - t0,
       'llm_tokens': float(np.mean(lens)) + extra,
+      'gates_final': gates,
       'peak_rss_gb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
       **{k: v for k, v in metrics.items() if isinstance(v, (int, float))},
   }
 
 
-NOTES = """
-Machine: 2 CPU cores (AMD EPYC), 24 GB, no accelerator (none was lent to this
-project's sessions). Gemma 3 270M from the PyPI GGUF, frozen in bfloat16 except for
-strategy Full (float32). Rows were run by several invocations of the command above
-with `--rows=` subsets (the `commit` column says which code ran). The seq_len 50 rows
-other than text prompt + LoRA ran on a machine shared with other jobs (load average
-5-9), so their train s are pessimistic; the seq_len 200 rows and text prompt + LoRA
-ran later on an idle machine. Evaluation: the first 32 test users per task (8 batches
-of 4), likelihood ranking; next item = the true item + 19 sampled catalogue items
-(chance: R@1 0.05, R@5 0.25, R@10 0.50); favourite genre = all 20 genre names (chance
-R@1 0.05). One user is 0.031. Peak RSS is the whole process (training + evaluation);
-evaluation of the text prompt dominates its row.
+def _budget_gflop() -> float:
+  """Training GFLOPs of `--budget_row` at this seq_len (run it first)."""
+  if os.path.exists(_JSONL.value):
+    with open(_JSONL.value) as f:
+      for r in map(json.loads, filter(str.strip, f)):
+        if r['row'] == _BUDGET_ROW.value and r['seq_len'] == _SEQ_LEN.value:
+          budget = r['train_gflop']
+    if 'budget' in locals():
+      return budget
+  raise ValueError(f'No {_BUDGET_ROW.value!r} row at seq_len {_SEQ_LEN.value} in '
+                   f'{_JSONL.value}: run it before the equal-compute LoRA row.')
 
-The seq_len 200 rows use the stage-1 encoder trained at 200 events
-(`workdirs/stage1_ar_early_L200`, see benchmarks/stage1_results.md); their test users
-are the first 32 of those with 200+ events, so they are not the seq_len 50 users.
+
+NOTES = """
+Machine: 2 CPU cores, 24 GB, no accelerator (none was lent to this session). Gemma 3
+270M from the PyPI GGUF, frozen in bfloat16 (strategy Enc: encoder, projection,
+cross-attention blocks train; LoRA: adapters only). Every training row sees the same
+batches (seed 0, next_item and fav_genre batches mixed evenly; batch 8); text prompt +
+LoRA stops when it has spent the FLOPs of the cross-attention row. Evaluation: every
+test user (one window each; 373 users at 50 events), exact likelihood ranking;
+next item = the true item + 19 catalogue items drawn uniformly (chance R@1 0.05, R@5
+0.25, R@10 0.50); favourite genre = all 20 genre names (chance R@1 0.05). [lo, hi] =
+95% bootstrap CI over users. train s includes compilation (one executable per
+trimmed batch shape) and excludes evaluation; GFLOP = XLA cost analysis of every
+step, summed. Peak RSS is the whole process (training + evaluation).
 """
+
+
+def _ci(r: dict, key: str) -> str:
+  if key not in r:
+    return 'n/a'
+  lo, hi = r.get(key + '_lo'), r.get(key + '_hi')
+  return f'{r[key]:.3f}' + (f' [{lo:.3f}, {hi:.3f}]' if lo is not None else '')
 
 
 def table(rows: list[dict]) -> str:
   # A rerun of a row (same name and seq_len) replaces it.
   rows = list({(r['row'], r['seq_len']): r for r in rows}.values())
-  head = ('| row | seq_len | steps x batch | fav-genre R@1 | next-item R@1 | R@5 | R@10 | '
-          'LLM tokens / example | train s | peak RSS GB | commit |\n|' + '---|' * 11 + '\n')
+  head = ('| row | seq_len | examples | fav-genre R@1 | next-item R@1 | next-item R@5 | '
+          'next-item R@10 | test users | LLM tokens / example | train GFLOP | train s | '
+          'peak RSS GB | commit |\n|' + '---|' * 13 + '\n')
   out = []
   for r in rows:
     out.append(
-        f"| {r['desc']} | {r['seq_len']} | {r['steps']} x {r['batch']} | "
-        f"{r.get('fav_genre/recall@1', float('nan')):.3f} | {r.get('next_item/recall@1', float('nan')):.3f} | "
-        f"{r.get('next_item/recall@5', float('nan')):.3f} | {r.get('next_item/recall@10', float('nan')):.3f} | "
-        f"{r['llm_tokens']:.0f} | {r['train_wall_s']:.0f} | {r['peak_rss_gb']:.2f} | "
-        f"{r.get('commit', '?')} |")
+        f"| {r['desc']} | {r['seq_len']} | {r.get('examples', 0)} | {_ci(r, 'fav_genre/recall@1')} | "
+        f"{_ci(r, 'next_item/recall@1')} | {_ci(r, 'next_item/recall@5')} | "
+        f"{_ci(r, 'next_item/recall@10')} | {r.get('next_item/examples', 'n/a')} | "
+        f"{r['llm_tokens']:.0f} | {r.get('train_gflop', 0):.0f} | {r['train_wall_s']:.0f} | "
+        f"{r['peak_rss_gb']:.2f} | {r.get('commit', '?')} |")
   return head + '\n'.join(out) + '\n'
 
 
 def main(argv):
   del argv
   if _ONE.value:
-    logging.set_verbosity(logging.WARNING)
+    logging.set_verbosity(logging.INFO)
     print('ROW_RESULT ' + json.dumps(run_row(_ONE.value)), flush=True)
     return
   for name in _ROWS.value:
@@ -138,13 +174,14 @@ def main(argv):
       raise ValueError(f'Unknown row {name!r}; known: {list(ROWS)}')
   for name in _ROWS.value:
     cmd = [sys.executable, '-m', 'benchmarks.stage2', f'--one_row={name}'] + [
-        f'--{f.name}={f.value}' for f in (_STEPS, _BATCH, _EVAL_BATCHES, _CANDIDATES, _SEQ_LEN,
-                                          _WORKROOT)]
+        f'--{f.name}={f.value}' for f in (_EXAMPLES, _BATCH, _EVAL_BATCHES, _CANDIDATES, _SEQ_LEN,
+                                          _WORKROOT, _JSONL, _BUDGET_ROW)]
     print(f'== {name}: {" ".join(cmd)}', flush=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    # The row's log (steps/s, ETA, eval) streams to this stderr.
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
     lines = [l for l in proc.stdout.splitlines() if l.startswith('ROW_RESULT ')]
     if proc.returncode or not lines:
-      print(proc.stderr[-3000:], flush=True)
+      print(f'row {name} failed (exit {proc.returncode}); see the log above', flush=True)
       continue
     with open(_JSONL.value, 'a') as f:
       f.write(lines[-1][len('ROW_RESULT '):] + '\n')
@@ -153,15 +190,24 @@ def main(argv):
     print(write_report(), flush=True)
 
 
+def _extra() -> str:
+  """The hand-written findings below the table (benchmarks/stage2_findings.md)."""
+  path = os.path.join(os.path.dirname(__file__), 'stage2_findings.md')
+  if not os.path.exists(path):
+    return ''
+  with open(path) as f:
+    return '\n' + f.read()
+
+
 def write_report() -> str:
   """Rewrites `--out` from every row in `--jsonl`; returns the table."""
   with open(_JSONL.value) as f:
     rows = [json.loads(l) for l in f if l.strip()]
   with open(_OUT.value, 'w') as f:
     f.write('# Stage 2 on ml-latest-small (real Gemma 3 270M)\n\n'
-            'Command: `python -m benchmarks.stage2 --steps=40 --batch_size=4 '
-            '--eval_batches=8 [--seq_len=200] [--rows=...]` (`--rows=` alone rewrites this '
-            'file from the .jsonl)\n' + NOTES + '\n' + table(rows))
+            'Command: `python -m benchmarks.stage2 --examples=4000 [--seq_len=200] '
+            '[--rows=...]` (`--rows=` alone rewrites this file from the .jsonl)\n' + NOTES +
+            '\n' + table(rows) + _extra())
   return table(rows)
 
 

@@ -85,9 +85,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.b1 = 0.9
   c.train.b2 = 0.99
   c.train.freeze = []  # Extra regexes; the strategy's rules are added by the experiment.
-  # [(param-path regex, lr factor)]: e.g. [('.*_gate', 10.)] lets the tanh gates open
+  # [(param-path regex, lr factor)]: ('.*_gate', 10.) lets the tanh gates open
   # faster than AdamW's ~lr per step; gate values are logged as train/gate/layer_i/*.
-  c.train.lr_scale = []
+  # Chosen a priori (not tuned on test): gates x10, so that they can open within a
+  # few thousand examples.
+  c.train.lr_scale = [('.*_gate', 10.0)] if a.mode == 'cross_attention' else []
+  c.train.flop_budget = 0.0  # Stop once training has spent this many FLOPs (0 = off).
   c.train.init_checkpoint = ''
   c.train.log_every = 10
   c.train.ckpt_every = 100

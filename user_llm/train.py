@@ -116,6 +116,13 @@ def train_step(state: PyTree, batch: Mapping[str, jax.Array], rng: jax.Array, *,
   return {'step': state['step'] + 1, 'params': params, 'opt_state': opt_state}, metrics
 
 
+def step_flops(compiled) -> float:
+  """FLOPs of one call of a compiled executable (XLA cost analysis; 0 if unknown)."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float((cost or {}).get('flops', 0.0))
+
+
 def _with_shardings(abstract, shardings):
   return jax.tree_util.tree_map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
@@ -234,11 +241,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   batch_sh = None  # Fixed from the first batch (ranks differ per key).
   step_fn = None
+  # One executable per batch shape (trimmed stage-2 batches come in a few), compiled
+  # once through lower() so its XLA cost analysis is known: FLOPs are counted per step.
+  executables: dict[tuple, tuple[Any, float]] = {}
+  train_flops = 0.0
+  budget = float(tc.get('flop_budget', 0) or 0)
   writer = _Writer(workdir)
   sched = optim.schedule(tc)
   pending = None  # (step, metrics) checked one step late, keeping dispatch async.
   t_log, s_log = time.time(), step
   t_train = time.time()
+  eval_wall = 0.0
   eval_metrics = {}
 
   try:
@@ -247,12 +260,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if step_fn is None:
         batch_sh = {k: v.sharding for k, v in batch.items()}
         step_fn = make_train_step(exp, tx, state_sh, batch_sh, mesh)
-      state, metrics = step_fn(state, batch, train_rng)
+      key = tuple((k, v.shape) for k, v in sorted(batch.items()))
+      if key not in executables:
+        exe = step_fn.lower(state, batch, train_rng).compile()
+        executables[key] = (exe, step_flops(exe))
+      exe, flops = executables[key]
+      state, metrics = exe(state, batch, train_rng)
+      train_flops += flops
       if pending is not None:
         _check_finite(*pending)
       step += 1
       pending = (step, metrics)
-      is_last = step == tc.num_steps
+      # config.train.flop_budget (FLOPs, 0 = none) ends a run early: rows of a
+      # benchmark compared at equal training compute.
+      is_last = step == tc.num_steps or (budget and train_flops >= budget)
       if step % tc.log_every == 0 or is_last:
         host = _check_finite(*pending)
         now = time.time()
@@ -260,16 +281,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         eta = (tc.num_steps - step) / max(sps, 1e-9)
         logging.info('step %d/%d loss %.4f steps/s %.2f ETA %s', step, tc.num_steps,
                      host['loss'], sps, time.strftime('%H:%M:%S', time.gmtime(eta)))
-        writer.write(step, 'train', dict(host, lr=float(sched(step - 1)), steps_per_sec=sps))
+        writer.write(step, 'train', dict(host, lr=float(sched(step - 1)), steps_per_sec=sps,
+                                         train_gflop=train_flops / 1e9))
         t_log, s_log = now, step
       if step % tc.ckpt_every == 0 or is_last:
         _check_finite(*pending)  # Never save a non-finite state.
         ckpt.save(step, state, data_iter)
       if (tc.eval_every and step % tc.eval_every == 0) or is_last:
+        t_eval = time.time()
         eval_metrics = exp.evaluate(state['params'], step)
+        eval_wall += time.time() - t_eval
         logging.info('eval step %d: %s', step, eval_metrics)
         writer.write(step, 'eval', eval_metrics)
-    train_wall = time.time() - t_train
+      if is_last:
+        break
+    train_wall = time.time() - t_train - eval_wall  # Compilation included.
     if not eval_metrics:  # Resumed a finished run: evaluate its final state.
       eval_metrics = exp.evaluate(state['params'], step)
   finally:  # Let a pending async save finish (or fail) before leaving.
@@ -282,7 +308,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         json.dump(examples, f)
     with open(os.path.join(workdir, 'results.json'), 'w') as f:
       json.dump({'step': step, 'train_wall_s': train_wall, 'total_wall_s': time.time() - t_start,
-                 'num_params': num_params, 'resumed': how,
+                 'num_params': num_params, 'resumed': how, 'train_gflop': train_flops / 1e9,
+                 'compiled_shapes': len(executables),
                  'config': {'batch_size': tc.batch_size, 'num_steps': tc.num_steps},
                  **eval_metrics}, f, indent=1)
   return eval_metrics
