@@ -86,6 +86,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # 20 epochs of the 10,173 standard-protocol windows (validation Recall@10 was
   # still rising at 12 epochs and flat from 16; benchmarks/stage1_results.md).
   c.train.num_steps = a.steps or 3180  # Optimisation steps.
+  c.train.flop_budget = 0.0  # Stop once training has spent this many FLOPs (XLA cost analysis; 0 = off).
   c.train.lr = 2e-3  # Peak AdamW learning rate.
   c.train.warmup = 100  # Linear warmup steps, then cosine decay.
   c.train.min_lr_ratio = 0.1  # Final lr = lr * min_lr_ratio.

@@ -227,14 +227,13 @@ class UserLLMExperiment(train.Experiment):
       target = np.maximum(batch['target'] - 2, 0)  # OOV genre -> scored as index 0.
     else:
       names = self.prepared.catalogue.names
-      n = self.config.eval.num_candidates or (len(names) - 2)
+      negatives = sample_negatives(rng, batch['target'], len(names),
+                                   self.config.eval.num_candidates)
       cands, target = [], np.zeros(b, np.int32)
       for i in range(b):
         p = int(batch['prompt_len'][i])
         true = [t for t in batch['tokens'][i, p:p + a].tolist() if t != 0]
-        pool = np.setdiff1d(np.arange(2, len(names)), [batch['target'][i]])
-        neg = rng.choice(pool, size=min(n - 1, len(pool)), replace=False)
-        cands.append([true] + [enc(names[j]) for j in neg])
+        cands.append([true] + [enc(names[j]) for j in negatives[i]])
     out = np.zeros((b, len(cands[0]), a), np.int32)
     for i, row in enumerate(cands):
       for j, c in enumerate(row):
@@ -304,6 +303,21 @@ class UserLLMExperiment(train.Experiment):
 
   def eval_examples(self):
     return getattr(self, '_eval_examples', None)
+
+
+def sample_negatives(rng: np.random.Generator, targets: np.ndarray, num_items: int,
+                     num_candidates: int) -> np.ndarray:
+  """int[B, C-1] item ids drawn uniformly without replacement, never the target.
+
+  Ids 0/1 (pad/OOV) are never drawn; num_candidates 0 = every other item. Draws in
+  row order from `rng`, so a reference model can rebuild the same candidates.
+  """
+  n = num_candidates or (num_items - 2)
+  out = []
+  for t in targets:
+    pool = np.setdiff1d(np.arange(2, num_items), [t])
+    out.append(rng.choice(pool, size=min(n - 1, len(pool)), replace=False))
+  return np.asarray(out, np.int32)
 
 
 def _rouge_lsum(scorer, reference: str, generated: str) -> float:

@@ -51,12 +51,16 @@ def test_train_checkpoint_resume_and_init(tiny_config, tmp_path):
   train.train_and_evaluate(c, run)
   with open(os.path.join(run, 'results.json')) as f:
     assert json.load(f)['resumed'] == 'resumed@4'
-  # A new run starts from the init checkpoint's params.
+  # A new run starts from the init checkpoint's params; a FLOP budget (XLA cost
+  # analysis of each step) smaller than two steps ends it after one.
   c.train.init_checkpoint = run
-  c.train.num_steps = 1
+  c.train.num_steps = 5
+  c.train.flop_budget = 1.0
   train.train_and_evaluate(c, str(tmp_path / 'from_init'))
   with open(tmp_path / 'from_init' / 'results.json') as f:
-    assert json.load(f)['resumed'] == 'init_checkpoint'
+    res = json.load(f)
+  assert res['resumed'] == 'init_checkpoint'
+  assert res['step'] == 1 and res['train_gflop'] > 0 and res['compiled_shapes'] == 1
 
 
 def test_non_finite_loss_names_the_step(tiny_config, tmp_path, monkeypatch):

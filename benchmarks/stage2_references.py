@@ -1,0 +1,138 @@
+r"""Non-LLM references and paired differences for the stage-2 benchmark.
+
+On the same test windows and the same next-item candidates as benchmarks/stage2.py:
+  * the stage-1 encoder's own next-item scores (its item head after the last event,
+    read at the 20 candidate ids that `user_llm.userllm.sample_negatives` draws for
+    the LLM rows, same rng and order), Recall@1/5/10 with the same tie rule;
+  * favourite genre by the majority class of the training examples the rows saw;
+  * paired differences between benchmark rows (per test user, 95% bootstrap CI),
+    read from each row's eval_examples.json.
+
+  python -m benchmarks.stage2_references --out benchmarks/stage2_references.md
+"""
+
+import itertools
+import json
+import os
+
+from absl import app
+from absl import flags
+import jax
+import ml_collections
+import numpy as np
+
+_WORKROOT = flags.DEFINE_string('workroot', 'workdirs/stage2_bench', 'Row workdirs.')
+_PAIRS = flags.DEFINE_list('pairs', ['xattn:xattn_random_enc', 'xattn:text_prompt_zeroshot',
+                                     'xattn:soft', 'xattn:text_prompt_lora'],
+                           'a:b row pairs whose paired differences to report.')
+_SEQ_LEN = flags.DEFINE_integer('seq_len', 50, 'History events.')
+_EXAMPLES = flags.DEFINE_integer('examples', 4000, 'Training examples of the rows.')
+_OUT = flags.DEFINE_string('out', 'benchmarks/stage2_references.md', 'Markdown.')
+
+
+def _fmt(est) -> str:
+  return f'{est.mean:.3f} [{est.lo:.3f}, {est.hi:.3f}]'
+
+
+def stage1_reference(exp) -> dict[str, np.ndarray]:
+  """Per-test-example hits of the stage-1 encoder over the LLM rows' candidates."""
+  from user_llm import checkpointing  # pylint: disable=g-import-not-at-top
+  from user_llm import pretrain  # pylint: disable=g-import-not-at-top
+  from user_llm import ranking  # pylint: disable=g-import-not-at-top
+  from user_llm import userllm  # pylint: disable=g-import-not-at-top
+  workdir = exp.config.userllm.encoder_workdir
+  with open(os.path.join(workdir, 'config.json')) as f:
+    s1 = ml_collections.ConfigDict(json.load(f))
+  s1exp = pretrain.PretrainExperiment(s1, exp.mesh)
+  params = checkpointing.load_params(workdir)
+  apply = jax.jit(lambda p, feats, mask: s1exp.model.apply({'params': p}, feats, mask)[1]['item'][:, -1])
+  ec = exp.config.eval
+  rng = np.random.default_rng(ec.seed)  # As UserLLMExperiment.evaluate, task next_item.
+  cols = {'user': []}
+  ds = exp._dataset(ec.split, 'next_item', ec.batch_size, 0, shuffle=False, num_epochs=1)  # pylint: disable=protected-access
+  num_items = len(exp.prepared.catalogue.names)
+  for batch in ds:
+    neg = userllm.sample_negatives(rng, batch['target'], num_items, ec.num_candidates)
+    ids = np.concatenate([batch['target'][:, None], neg], axis=1)
+    scores = np.asarray(apply(params, {f: batch[f] for f in s1exp.features}, batch['mask']))
+    per = ranking.recall_at(np.take_along_axis(scores, ids, axis=1),
+                            np.zeros(len(ids), np.int32), ec.ks)
+    keep = batch['example_mask']
+    cols['user'].append(batch['user'][keep])
+    for k, v in per.items():
+      cols.setdefault(k, []).append(v[keep])
+  return {k: np.concatenate(v) for k, v in cols.items()}
+
+
+def majority_reference(exp) -> tuple[str, dict[str, np.ndarray]]:
+  """Majority favourite genre of the rows' training examples, hits on the test users."""
+  from user_llm import train  # pylint: disable=g-import-not-at-top
+  del train
+  cfg = exp.config
+  n = _EXAMPLES.value // 2 // cfg.train.batch_size  # fav_genre half of the mixed batches.
+  seen = [b['target'] for b in itertools.islice(
+      exp._dataset('train', 'fav_genre', cfg.train.batch_size, cfg.train.seed + 1), n)]  # pylint: disable=protected-access
+  majority = np.bincount(np.concatenate(seen)).argmax()
+  users, hits = [], []
+  for b in exp._dataset(cfg.eval.split, 'fav_genre', 16, 0, shuffle=False, num_epochs=1):  # pylint: disable=protected-access
+    keep = b['example_mask']
+    users.append(b['user'][keep])
+    hits.append((b['target'][keep] == majority).astype(np.float32))
+  name = exp.prepared.genres[majority]
+  return name, {'user': np.concatenate(users), 'recall@1': np.concatenate(hits)}
+
+
+def paired(a: str, b: str) -> list[str]:
+  from user_llm import stats  # pylint: disable=g-import-not-at-top
+  out = []
+  ex = []
+  for row in (a, b):
+    path = os.path.join(_WORKROOT.value, f'{row}_L{_SEQ_LEN.value}', 'eval_examples.json')
+    if not os.path.exists(path):
+      return []
+    with open(path) as f:
+      ex.append(json.load(f))
+  for task, metric in (('fav_genre', 'recall@1'), ('next_item', 'recall@1'),
+                       ('next_item', 'recall@5'), ('next_item', 'recall@10')):
+    ea, eb = ex[0].get(task), ex[1].get(task)
+    if not ea or not eb or ea['user'] != eb['user']:
+      continue
+    d = np.asarray(ea[metric]) - np.asarray(eb[metric])
+    out.append(f'| {a} - {b} | {task} {metric} | {_fmt(stats.bootstrap(d, np.asarray(ea["user"])))} |')
+  return out
+
+
+def main(argv):
+  del argv
+  from configs import movielens_userllm  # pylint: disable=g-import-not-at-top
+  from user_llm import sharding  # pylint: disable=g-import-not-at-top
+  from user_llm import stats  # pylint: disable=g-import-not-at-top
+  from user_llm import train  # pylint: disable=g-import-not-at-top
+
+  cfg = movielens_userllm.get_config(f'seq_len={_SEQ_LEN.value}')
+  cfg.eval.max_batches = -1
+  exp = train.get_experiment(cfg, sharding.make_mesh(cfg.mesh))
+  s1 = stage1_reference(exp)
+  genre, maj = majority_reference(exp)
+  lines = ['## Non-LLM references (same test users, same candidates)\n',
+           'Command: `python -m benchmarks.stage2_references`\n',
+           '| reference | fav-genre R@1 | next-item R@1 | next-item R@5 | next-item R@10 | test users |',
+           '|---|---|---|---|---|---|',
+           f"| stage-1 encoder's item head ({cfg.userllm.encoder_workdir}) | n/a | "
+           + ' | '.join(_fmt(stats.bootstrap(s1[f'recall@{k}'], s1['user'])) for k in (1, 5, 10))
+           + f" | {len(s1['user'])} |",
+           f"| majority genre of the training examples ({genre}) | "
+           f"{_fmt(stats.bootstrap(maj['recall@1'], maj['user']))} | n/a | n/a | n/a | "
+           f"{len(maj['user'])} |",
+           '', '## Paired differences (per test user, 95% bootstrap CI)\n',
+           '| rows | metric | difference |', '|---|---|---|']
+  for pair in _PAIRS.value:
+    a, b = pair.split(':')
+    lines += paired(a, b)
+  with open(_OUT.value, 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  print('\n'.join(lines))
+
+
+if __name__ == '__main__':
+  app.run(main)
