@@ -206,7 +206,9 @@ class UserLLMExperiment(train.Experiment):
     return data_pipelines.make_dataset(
         self.prepared, split, task, batch_size=batch_size, seed=seed, tokenizer=self.tokenizer,
         process_index=jax.process_index(), process_count=jax.process_count(),
-        text_prompt=self.mode == 'text_prompt', **kw)
+        **{'text_prompt': self.mode == 'text_prompt',
+           # Read now, not at prepare() time: a changed config applies to the next iterator.
+           'trim_multiple': self.config.data.get('trim_multiple', 0), **kw})
 
   def train_dataset(self, seed):
     tasks = list(self.config.tasks)
