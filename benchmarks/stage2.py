@@ -113,13 +113,13 @@ def run_row(name: str) -> dict:
 
 def _budget_gflop() -> float:
   """Training GFLOPs of `--budget_row` at this seq_len (run it first)."""
+  budgets = []
   if os.path.exists(_JSONL.value):
     with open(_JSONL.value) as f:
-      for r in map(json.loads, filter(str.strip, f)):
-        if r['row'] == _BUDGET_ROW.value and r['seq_len'] == _SEQ_LEN.value:
-          budget = r['train_gflop']
-    if 'budget' in locals():
-      return budget
+      budgets = [r['train_gflop'] for r in map(json.loads, filter(str.strip, f))
+                 if r['row'] == _BUDGET_ROW.value and r['seq_len'] == _SEQ_LEN.value]
+  if budgets:
+    return budgets[-1]  # The latest run of that row.
   raise ValueError(f'No {_BUDGET_ROW.value!r} row at seq_len {_SEQ_LEN.value} in '
                    f'{_JSONL.value}: run it before the equal-compute LoRA row.')
 

@@ -66,8 +66,6 @@ def stage1_reference(exp) -> dict[str, np.ndarray]:
 
 def majority_reference(exp) -> tuple[str, dict[str, np.ndarray]]:
   """Majority favourite genre of the rows' training examples, hits on the test users."""
-  from user_llm import train  # pylint: disable=g-import-not-at-top
-  del train
   cfg = exp.config
   n = _EXAMPLES.value // 2 // cfg.train.batch_size  # fav_genre half of the mixed batches.
   seen = [b['target'] for b in itertools.islice(

@@ -203,12 +203,12 @@ class UserLLMExperiment(train.Experiment):
 
   def _dataset(self, split, task, batch_size, seed, **kw):
     import data_pipelines  # pylint: disable=g-import-not-at-top
+    # trim_multiple is read now, not at prepare() time: a changed config applies.
+    kw = {'text_prompt': self.mode == 'text_prompt',
+          'trim_multiple': self.config.data.get('trim_multiple', 0), **kw}
     return data_pipelines.make_dataset(
         self.prepared, split, task, batch_size=batch_size, seed=seed, tokenizer=self.tokenizer,
-        process_index=jax.process_index(), process_count=jax.process_count(),
-        **{'text_prompt': self.mode == 'text_prompt',
-           # Read now, not at prepare() time: a changed config applies to the next iterator.
-           'trim_multiple': self.config.data.get('trim_multiple', 0), **kw})
+        process_index=jax.process_index(), process_count=jax.process_count(), **kw)
 
   def train_dataset(self, seed):
     tasks = list(self.config.tasks)
