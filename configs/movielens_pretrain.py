@@ -75,6 +75,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # data.stride makes every training event a target once per epoch, with at least
   # seq_len - K events of context, close to the full history seen at test time.
   c.model.loss_last_k = 10
+  # AR: features with a next-event head (loss summed over them); () = every feature.
+  c.model.head_features = ()
   c.model.tie_item_head = True  # AR: item logits = item embeddings . projected output.
   c.model.temperature = 0.05  # Dual Encoder: softmax temperature on cosine scores.
   c.model.mask_prob = 0.2  # Bert4Rec: fraction of item positions [MASK]ed.

@@ -107,6 +107,7 @@ class PretrainExperiment(train.Experiment):
     if self.model_name == 'ar':
       return ue.UserEncoderLM(ue.UserEncoder(self.vocab_sizes, embed_dims, max_len=seq_len,
                                              causal=True, **kw),
+                              head_features=mc.get('head_features') or None,
                               tie_item_head=mc.get('tie_item_head', False))
     if self.model_name == 'bert4rec':
       # Items only (as in Bert4Rec): other features of the [MASK]ed target would leak it.
