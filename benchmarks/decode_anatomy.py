@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from benchmarks import _efficiency_lib as lib
+from benchmarks import efficiency_lib as lib
 from benchmarks import efficiency
 from user_llm import gemma_loader
 from user_llm.models import gemma as gemma_lib
@@ -37,7 +37,7 @@ def timed(fn, *args, runs: int) -> tuple[float, float]:
   """(median ms over `runs` calls after a warm-up, XLA cost-analysis GFLOP) of jit(fn)."""
   compiled = jax.jit(fn).lower(*args).compile()
   times = lib.time_calls(lambda: compiled(*args), runs, warmup=True)
-  return statistics.median(times) * 1e3, lib._flops(compiled) / 1e9  # pylint: disable=protected-access
+  return statistics.median(times) * 1e3, lib.xla_flops(compiled) / 1e9
 
 
 def nbytes(tree) -> int:

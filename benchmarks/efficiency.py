@@ -5,7 +5,7 @@ r"""Efficiency of User-LLM against text prompts on the real Gemma 3 270M, across
 
 For each history length U and each method (text prompt; soft prompt and cross-attention,
 each with and without a Perceiver) it compiles the user side, the LLM prefill, one decode
-step and a repeat (cached-memory) query (see benchmarks/_efficiency_lib.py), reads FLOPs
+step and a repeat (cached-memory) query (see benchmarks/efficiency_lib.py), reads FLOPs
 and memory from XLA's analyses, and times the same executables where they fit. It writes
 benchmarks/efficiency.md (tables), benchmarks/efficiency_flops.png and
 benchmarks/efficiency_latency.png (log-log), and the raw numbers to
@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 
 import data_pipelines as dp
-from benchmarks import _efficiency_lib as lib
+from benchmarks import efficiency_lib as lib
 from user_llm import gemma_loader
 from user_llm.models import user_encoder as ue
 from user_llm.models import user_llm as ul
@@ -327,7 +327,7 @@ def write_report(results: dict, out_dir: str) -> None:
       'random weights for the new parts (cost does not depend on them), real Gemma weights.')
   add('- FLOPs: `jax.jit(f).lower(...).compile().cost_analysis()["flops"]` per function, '
       'batch 1. Prefill = prompt (+ soft prompt) into a fresh KV cache sized for 16 new '
-      'tokens, last-position logits (as `sampling.generate`); decode step = one token '
+      'tokens, last-position logits (`decoding.prefill`); decode step = one token '
       'against that cache. "User side" = `user_inputs`: encoder + projection + Perceiver '
       '(+ cross-attention memory K/V). Ratio = text (prefill) / method (user side + prefill).')
   add('- Wall-clock: the same executables, median of 5 runs after a warm-up (fewer, marked '

@@ -58,6 +58,7 @@ def run_row(name: str) -> dict:
   """Trains and evaluates one row in this process; returns its measurements."""
   from configs import movielens_userllm  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+  from user_llm import experiment  # pylint: disable=g-import-not-at-top
   from user_llm import train  # pylint: disable=g-import-not-at-top
 
   arg = f'{ROWS[name][0]},seq_len={_SEQ_LEN.value}'
@@ -81,8 +82,8 @@ def run_row(name: str) -> dict:
   with open(os.path.join(workdir, 'results.json')) as f:
     res = json.load(f)
   # LLM tokens per example: prompt + answer tokens (+ soft-prompt positions).
-  exp = train.get_experiment(cfg, None)
-  ds = exp._dataset('test', 'next_item', 16, 0, shuffle=False, num_epochs=1)  # pylint: disable=protected-access
+  exp = experiment.build(cfg, None)
+  ds = exp.dataset('test', 'next_item', 16, 0, shuffle=False, num_epochs=1)
   lens = []
   for i, batch in enumerate(ds):
     keep = batch['example_mask']

@@ -2,8 +2,8 @@ r"""Non-LLM references and paired differences for the stage-2 benchmark.
 
 On the same test windows and the same next-item candidates as benchmarks/stage2.py:
   * the stage-1 encoder's own next-item scores (its item head after the last event,
-    read at the 20 candidate ids that `user_llm.userllm.sample_negatives` draws for
-    the LLM rows, same rng and order), Recall@1/5/10 with the same tie rule;
+    read at the 20 candidate ids that `evaluators.candidates.sample_negatives` draws
+    for the LLM rows, same rng and order), Recall@1/5/10 with the same tie rule;
   * favourite genre by the majority class of the training examples the rows saw;
   * paired differences between benchmark rows (per test user, 95% bootstrap CI),
     read from each row's eval_examples.json.
@@ -37,25 +37,25 @@ def _fmt(est) -> str:
 def stage1_reference(exp) -> dict[str, np.ndarray]:
   """Per-test-example hits of the stage-1 encoder over the LLM rows' candidates."""
   from user_llm import checkpointing  # pylint: disable=g-import-not-at-top
-  from user_llm import pretrain  # pylint: disable=g-import-not-at-top
-  from user_llm import ranking  # pylint: disable=g-import-not-at-top
-  from user_llm import userllm  # pylint: disable=g-import-not-at-top
+  from user_llm import experiment  # pylint: disable=g-import-not-at-top
+  from user_llm import metrics  # pylint: disable=g-import-not-at-top
+  from user_llm.evaluators import candidates  # pylint: disable=g-import-not-at-top
   workdir = exp.config.userllm.encoder_workdir
   with open(os.path.join(workdir, 'config.json')) as f:
     s1 = ml_collections.ConfigDict(json.load(f))
-  s1exp = pretrain.PretrainExperiment(s1, exp.mesh)
+  s1exp = experiment.build(s1, exp.mesh)  # Builds stage 1's data and model.
   params = checkpointing.load_params(workdir)
   apply = jax.jit(lambda p, feats, mask: s1exp.model.apply({'params': p}, feats, mask)[1]['item'][:, -1])
   ec = exp.config.eval
   rng = np.random.default_rng(ec.seed)  # As UserLLMExperiment.evaluate, task next_item.
   cols = {'user': []}
-  ds = exp._dataset(ec.split, 'next_item', ec.batch_size, 0, shuffle=False, num_epochs=1)  # pylint: disable=protected-access
+  ds = exp.dataset(ec.split, 'next_item', ec.batch_size, 0, shuffle=False, num_epochs=1)
   num_items = len(exp.prepared.catalogue.names)
   for batch in ds:
-    neg = userllm.sample_negatives(rng, batch['target'], num_items, ec.num_candidates)
+    neg = candidates.sample_negatives(rng, batch['target'], num_items, ec.num_candidates)
     ids = np.concatenate([batch['target'][:, None], neg], axis=1)
     scores = np.asarray(apply(params, {f: batch[f] for f in s1exp.features}, batch['mask']))
-    per = ranking.recall_at(np.take_along_axis(scores, ids, axis=1),
+    per = metrics.recall_at(np.take_along_axis(scores, ids, axis=1),
                             np.zeros(len(ids), np.int32), ec.ks)
     keep = batch['example_mask']
     cols['user'].append(batch['user'][keep])
@@ -69,10 +69,10 @@ def majority_reference(exp) -> tuple[str, dict[str, np.ndarray]]:
   cfg = exp.config
   n = _EXAMPLES.value // 2 // cfg.train.batch_size  # fav_genre half of the mixed batches.
   seen = [b['target'] for b in itertools.islice(
-      exp._dataset('train', 'fav_genre', cfg.train.batch_size, cfg.train.seed + 1), n)]  # pylint: disable=protected-access
+      exp.dataset('train', 'fav_genre', cfg.train.batch_size, cfg.train.seed + 1), n)]
   majority = np.bincount(np.concatenate(seen)).argmax()
   users, hits = [], []
-  for b in exp._dataset(cfg.eval.split, 'fav_genre', 16, 0, shuffle=False, num_epochs=1):  # pylint: disable=protected-access
+  for b in exp.dataset(cfg.eval.split, 'fav_genre', 16, 0, shuffle=False, num_epochs=1):
     keep = b['example_mask']
     users.append(b['user'][keep])
     hits.append((b['target'][keep] == majority).astype(np.float32))
@@ -105,11 +105,11 @@ def main(argv):
   from configs import movielens_userllm  # pylint: disable=g-import-not-at-top
   from user_llm import sharding  # pylint: disable=g-import-not-at-top
   from user_llm import stats  # pylint: disable=g-import-not-at-top
-  from user_llm import train  # pylint: disable=g-import-not-at-top
+  from user_llm import experiment  # pylint: disable=g-import-not-at-top
 
   cfg = movielens_userllm.get_config(f'seq_len={_SEQ_LEN.value}')
   cfg.eval.max_batches = -1
-  exp = train.get_experiment(cfg, sharding.make_mesh(cfg.mesh))
+  exp = experiment.build(cfg, sharding.make_mesh(cfg.mesh))
   s1 = stage1_reference(exp)
   genre, maj = majority_reference(exp)
   lines = ['## Non-LLM references (same test users, same candidates)\n',

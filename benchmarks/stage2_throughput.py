@@ -46,6 +46,7 @@ def matmul_peak(dtype, n: int = 2048, reps: int = 20) -> float:
 def measure(exp, setup, state, batch_size: int, steps: int, trim: int, rng):
   """(state, s/step, GFLOP/step, distinct shapes) of `steps` timed train steps."""
   from user_llm import sharding  # pylint: disable=g-import-not-at-top
+  from user_llm import experiment  # pylint: disable=g-import-not-at-top
   from user_llm import train  # pylint: disable=g-import-not-at-top
   cfg = exp.config
   cfg.train.batch_size, cfg.data.trim_multiple = batch_size, trim
@@ -76,12 +77,13 @@ def main(argv):
   del argv
   from configs import movielens_userllm  # pylint: disable=g-import-not-at-top
   from user_llm import sharding  # pylint: disable=g-import-not-at-top
+  from user_llm import experiment  # pylint: disable=g-import-not-at-top
   from user_llm import train  # pylint: disable=g-import-not-at-top
 
   peak = {'float32': matmul_peak(jnp.float32), 'bfloat16': matmul_peak(jnp.bfloat16)}
   cfg = movielens_userllm.get_config(_ARG.value)
   mesh = sharding.make_mesh(cfg.mesh)
-  exp = train.get_experiment(cfg, mesh)
+  exp = experiment.build(cfg, mesh)
   init_rng, rng = jax.random.split(jax.random.key(0))
   setup = train.create_train_state(cfg, mesh, exp, init_rng)
   state = setup.from_scratch()

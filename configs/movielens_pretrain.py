@@ -40,7 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = common.parse_arg(arg, model='ar', fusion='early', protocol='standard', runlocal=False,
                        synthetic=False, steps=0)
   c = ml_collections.ConfigDict()
-  c.experiment = 'pretrain'  # Key of user_llm.train.EXPERIMENTS.
+  c.experiment = 'user_llm.pretrain:PretrainExperiment'  # user_llm/experiment.py
 
   try:  # The data section is owned by data_pipelines; fall back if it is absent.
     import data_pipelines  # pylint: disable=g-import-not-at-top

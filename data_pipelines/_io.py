@@ -131,13 +131,10 @@ def iter_records(path: str, log: ReadLog) -> Iterator[tuple[int, dict[str, Any]]
     log.count('empty_files', example=path)
 
 
-def sha256_file(path: str, chunk: int = 1 << 22) -> str:
-  """Hex SHA-256 of a file's bytes (used in the cache manifest)."""
-  h = hashlib.sha256()
+def sha256_file(path: str | os.PathLike) -> str:
+  """Hex SHA-256 of a file's bytes (data cache and GGUF conversion manifests)."""
   with open(path, 'rb') as f:
-    while block := f.read(chunk):
-      h.update(block)
-  return h.hexdigest()
+    return hashlib.file_digest(f, 'sha256').hexdigest()
 
 
 def to_seconds(t: Any) -> int:

@@ -7,6 +7,7 @@ from typing import Iterable, Sequence
 
 PAD_ID = 0
 OOV_ID = 1
+NUM_RESERVED = 2  # Ids below this (pad, OOV) are no value: never a prediction candidate.
 PAD_VALUE = '<pad>'
 OOV_VALUE = '<oov>'
 

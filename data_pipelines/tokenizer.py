@@ -1,7 +1,8 @@
 """Tokenizers for stage-2 prompts: the Gemma 3 tokenizer and a tiny test stand-in.
 
 Interface (docs/contracts.md): `encode(text) -> list[int]` (no BOS/EOS),
-`decode(ids) -> str`, and the attributes `bos_id`, `eos_id`, `pad_id`, `vocab_size`.
+`decode(ids) -> str`, and the attributes `bos_id`, `eos_id`, `pad_id`, `vocab_size`,
+`stop_ids` (the ids that end a generated answer: the one place they are written).
 Both implementations use Gemma's special ids (pad 0, eos 1, bos 2), so batches built
 with the test tokenizer have the same layout as real ones.
 """
@@ -19,6 +20,7 @@ class Tokenizer(Protocol):
   eos_id: int
   pad_id: int
   vocab_size: int
+  stop_ids: tuple[int, ...]
 
   def encode(self, text: str) -> list[int]:
     """Token ids of `text`, without BOS or EOS."""
@@ -38,6 +40,8 @@ class GemmaTokenizer:
   eos_id = 1
   pad_id = 0
   end_of_turn_id = 106  # '<end_of_turn>' in the Gemma 3 vocabulary.
+  # An instruction-tuned Gemma ends its turn with <end_of_turn>, a pretrained one with eos.
+  stop_ids = (eos_id, end_of_turn_id)
 
   def __init__(self, path: str):
     import os  # pylint: disable=g-import-not-at-top
@@ -79,6 +83,7 @@ class ByteTokenizer:
   eos_id = 1
   pad_id = 0
   vocab_size = 259
+  stop_ids = (eos_id,)
 
   def encode(self, text: str) -> list[int]:
     return [b + 3 for b in text.encode('utf-8')]

@@ -29,10 +29,6 @@ def main(argv):
   logging.info('JAX process %d/%d, local devices: %s', jax.process_index(),
                jax.process_count(), jax.local_devices())
   logging.info('Config:\n%s', _CONFIG.value)
-  if jax.process_index() == 0:  # launch/generate.py rebuilds the run from this file.
-    os.makedirs(_WORKDIR.value, exist_ok=True)
-    with open(os.path.join(_WORKDIR.value, 'config.json'), 'w') as f:
-      f.write(_CONFIG.value.to_json_best_effort(indent=1))
   train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

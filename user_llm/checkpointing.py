@@ -66,10 +66,17 @@ def _state_dir(path: str, step: int | None = None) -> str:
   if os.path.isdir(os.path.join(path, STATE)):
     return os.path.join(path, STATE)
   ckpt_dir = os.path.join(path, 'checkpoints') if os.path.isdir(os.path.join(path, 'checkpoints')) else path
-  steps = [int(d) for d in os.listdir(ckpt_dir) if d.isdigit()] if os.path.isdir(ckpt_dir) else []
+  # A read-only manager finds the finished steps (unfinished tmp dirs are skipped).
+  manager = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(read_only=True))
+  try:
+    steps = manager.all_steps()
+    step = manager.latest_step() if step is None else step
+  finally:
+    manager.close()
   if not steps:
     raise FileNotFoundError(f'No checkpoint under {path}')
-  step = max(steps) if step is None else step
+  if step not in steps:
+    raise FileNotFoundError(f'No checkpoint of step {step} under {path}; have {sorted(steps)}')
   return os.path.join(ckpt_dir, str(step), STATE)
 
 

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from user_llm import sampling
+from user_llm import decoding
 from user_llm.models import gemma as gemma_lib
 
 
@@ -30,11 +30,12 @@ def perplexity(decoder_config, params, tokenizer, text: str) -> tuple[float, int
 def greedy(decoder_config, params, tokenizer, prompts: list[str], max_new_tokens: int = 16):
   """Greedy continuations (token ids and text) of `prompts` with the KV cache."""
   ids = [[tokenizer.special_tokens.BOS] + tokenizer.encode(p) for p in prompts]
-  out = sampling.generate(
-      gemma_lib.GemmaDecoder(decoder_config), params, jnp.asarray(sampling.left_pad(ids)),
+  out = decoding.generate(
+      gemma_lib.GemmaDecoder(decoder_config), params, decoding.left_pad(ids),
       max_new_tokens=max_new_tokens, stop_tokens=(),
   )
-  return np.asarray(out), [tokenizer.decode(r) for r in sampling.trim(out)]
+  stop = (tokenizer.special_tokens.EOS, tokenizer.special_tokens.END_OF_TURN)
+  return np.asarray(out), [tokenizer.decode(r) for r in decoding.trim(out, stop)]
 
 
 def greedy_uncached(decoder_config, params, tokenizer, prompts: list[str], max_new_tokens: int = 16):
@@ -44,7 +45,7 @@ def greedy_uncached(decoder_config, params, tokenizer, prompts: list[str], max_n
   the forward compiles once; causality makes the tail irrelevant to the logits read.
   """
   dec = gemma_lib.GemmaDecoder(decoder_config)
-  prompt = sampling.left_pad(
+  prompt = decoding.left_pad(
       [[tokenizer.special_tokens.BOS] + tokenizer.encode(p) for p in prompts])
   length = prompt.shape[1]
   seq = jnp.pad(jnp.asarray(prompt), ((0, 0), (0, max_new_tokens)))

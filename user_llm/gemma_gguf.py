@@ -26,13 +26,14 @@ multiplies by `1 + scale`, so we subtract 1.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
 import pathlib
 
 import numpy as np
+
+from data_pipelines import _io
 
 _MANIFEST = 'manifest.json'
 _FORMAT_VERSION = 1
@@ -73,14 +74,6 @@ def packaged_gguf_path(cache_dir: str | os.PathLike) -> pathlib.Path:
 
   target = pathlib.Path(cache_dir) / pkg.MODEL_NAME
   return pathlib.Path(pkg.assemble(output_path=target))
-
-
-def _sha256(path: pathlib.Path) -> str:
-  digest = hashlib.sha256()
-  with path.open('rb') as f:
-    for block in iter(lambda: f.read(1 << 20), b''):
-      digest.update(block)
-  return digest.hexdigest()
 
 
 def _open_gguf(path: pathlib.Path):
@@ -216,6 +209,7 @@ def convert(
   Returns:
     The paths of the converted checkpoint.
   """
+  import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from gemma import gm  # pylint: disable=g-import-not-at-top
 
@@ -225,7 +219,7 @@ def convert(
     raise FileNotFoundError(f'GGUF file not found: {gguf_path}')
   want = {
       'format_version': _FORMAT_VERSION,
-      'gguf_sha256': _sha256(gguf_path),
+      'gguf_sha256': _io.sha256_file(gguf_path),
       'param_dtype': param_dtype,
   }
   if not force and out.manifest.is_file():
@@ -237,7 +231,7 @@ def convert(
 
   reader = _open_gguf(gguf_path)
   params = gguf_to_params(reader, gguf_path)
-  params = _tree_map(lambda x: jnp.asarray(x, dtype=param_dtype), params)
+  params = jax.tree.map(lambda x: jnp.asarray(x, dtype=param_dtype), params)
   out.root.mkdir(parents=True, exist_ok=True)
   out.tokenizer.write_bytes(gguf_to_sentencepiece(reader, gguf_path))
   if out.params.exists():
@@ -247,9 +241,3 @@ def convert(
   gm.ckpts.save_params(params, out.params, wait_until_finished=True)
   out.manifest.write_text(json.dumps(want | {'source': str(gguf_path)}, indent=1))
   return out
-
-
-def _tree_map(fn, tree):
-  if isinstance(tree, dict):
-    return {k: _tree_map(fn, v) for k, v in tree.items()}
-  return fn(tree)

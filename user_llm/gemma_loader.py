@@ -18,6 +18,7 @@ import os
 import pathlib
 from typing import Any
 
+from flax import traverse_util
 from gemma import gm
 import jax
 import jax.numpy as jnp
@@ -68,6 +69,7 @@ def load_tokenizer(path: str | os.PathLike) -> gm.text.Gemma3Tokenizer:
 
 def first_mismatch(expected: Any, got: Any, path: str = '') -> str | None:
   """The first key path where two param trees differ in keys or shapes, or None."""
+  # Hand-written: jax.tree.structure equality says only that trees differ, not where.
   if isinstance(expected, dict) or isinstance(got, dict):
     if not (isinstance(expected, dict) and isinstance(got, dict)):
       return f'{path or "/"} (a dict on one side only)'
@@ -87,9 +89,23 @@ def first_mismatch(expected: Any, got: Any, path: str = '') -> str | None:
 
 
 def load_params(
-    path: str | os.PathLike, decoder_config: gm.nn.config.TransformerConfig, dtype: str
+    path: str | os.PathLike, decoder_config: gm.nn.config.TransformerConfig, dtype: str,
+    target: Any = None,
 ) -> dict:
-  """`gm.ckpts.load_params(path)`, checked against the tree `decoder_config` builds."""
+  """`gm.ckpts.load_params(path)`, checked against the tree `decoder_config` builds.
+
+  Args:
+    path: an Orbax params dir (`gm.ckpts.save_params` or an official release).
+    decoder_config: the Gemma the params must fit.
+    dtype: dtype of the returned params (ignored with `target`).
+    target: optional tree of jax.ShapeDtypeStruct with shardings holding the Gemma
+      params (extra leaves, e.g. LoRA adapters, are ignored): each Gemma array is
+      restored straight into its sharding and dtype (`gm.ckpts.load_params(params=...)`)
+      instead of whole on one device.
+
+  Returns:
+    The Gemma params tree.
+  """
   path = pathlib.Path(path)
   if not path.is_dir():
     raise FileNotFoundError(f'Gemma checkpoint dir not found: {path}')
@@ -98,13 +114,21 @@ def load_params(
       jax.random.PRNGKey(0),
       jnp.ones((1, 1), jnp.int32),
   )['params']
+  if target is not None:  # Keep the Gemma leaves: orbax wants the checkpoint's tree exactly.
+    flat = traverse_util.flatten_dict(target)
+    target = traverse_util.unflatten_dict(
+        {k: flat[k] for k in traverse_util.flatten_dict(expected) if k in flat})
+    if bad := first_mismatch(expected, target):
+      raise ValueError(f'target does not hold the Gemma of the config: first mismatch at {bad}')
   try:
-    params = gm.ckpts.load_params(str(path), text_only=True)
-  except Exception as e:  # Orbax raises many types for a bad dir.
+    params = gm.ckpts.load_params(str(path), params=target, text_only=True)
+  except Exception as e:  # Orbax raises many types for a bad dir or a tree mismatch.
     raise ValueError(f'Cannot restore Gemma params from {path}: {type(e).__name__}: {e}') from e
   bad = first_mismatch(expected, params)
   if bad:
     raise ValueError(f'Gemma checkpoint {path} does not match the config: first mismatch at {bad}')
+  if target is not None:
+    return params
   return jax.tree.map(lambda x: jnp.asarray(x, dtype), params)
 
 

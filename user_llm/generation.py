@@ -1,8 +1,8 @@
 """Answers a prompt for one user of a trained stage-2 run.
 
 The user's memory (encoder -> projection -> Perceiver -> cross-attention K/V, or the
-soft prompt) is computed once and passed to every decode step; several prompts for the
-same user reuse it.
+soft prompt) is computed once; the prompts are prefilled once (`decoding.prefill`),
+then sampled (`decoding.sample`) with the memory passed to every decode step.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import ml_collections
 import numpy as np
 
 from user_llm import checkpointing
-from user_llm import sampling
+from user_llm import experiment
+from user_llm import decoding
 from user_llm import sharding
 from user_llm import userllm
 from user_llm.models import user_llm as ul
@@ -30,9 +31,9 @@ def load_run(workdir: str):
     raise FileNotFoundError(f'No config.json in {workdir}: is it a launch.main workdir?')
   with open(path) as f:
     config = ml_collections.ConfigDict(json.load(f))
-  if config.experiment != 'userllm':
+  if not issubclass(experiment.experiment_class(config.experiment), userllm.UserLLMExperiment):
     raise ValueError(f'{workdir} is a {config.experiment!r} run, not a stage-2 (userllm) run')
-  exp = userllm.UserLLMExperiment(config, sharding.make_mesh(config.mesh))
+  exp = experiment.build(config, sharding.make_mesh(config.mesh))
   params = checkpointing.load_params(workdir)
   return exp, params
 
@@ -61,7 +62,6 @@ def answer(exp, params, raw_user_id: str, prompts: list[str], max_new_tokens: in
   user = ul.user_inputs(exp.model, params, feats, mask)  # Once per user.
   n = len(prompts)
   user = jax.tree.map(lambda x: jnp.repeat(x, n, axis=0), user)
-  prefix, prefix_mask = user.pop('prefix', None), user.pop('prefix_mask', None)
   tok = exp.tokenizer
   ids = [[tok.bos_id] + tok.encode(p if p.endswith('\n') else p + '\n') for p in prompts]
   if temperature > 0 and top_k > 0:
@@ -70,8 +70,8 @@ def answer(exp, params, raw_user_id: str, prompts: list[str], max_new_tokens: in
     method = gm.text.RandomSampling(temperature=temperature)
   else:
     method = gm.text.Greedy()
-  out = sampling.generate(
-      exp.model, params, jnp.asarray(sampling.left_pad(ids)), max_new_tokens=max_new_tokens,
-      rng=jax.random.PRNGKey(seed), prefix=prefix, prefix_mask=prefix_mask,
-      model_kwargs=user, sampling=method, stop_tokens=(tok.eos_id, 106))
-  return [tok.decode(r) for r in sampling.trim(np.asarray(out), (tok.eos_id, 106))]
+  ctx = decoding.prefill(exp.model, params, jnp.asarray(decoding.left_pad(ids)), user,
+                         max_new_tokens)
+  out = decoding.sample(exp.model, params, ctx, max_new_tokens=max_new_tokens,
+                        rng=jax.random.PRNGKey(seed), sampling=method, stop_tokens=tok.stop_ids)
+  return [tok.decode(r) for r in decoding.trim(np.asarray(out), tok.stop_ids)]

@@ -1,14 +1,18 @@
-"""Ranking and accuracy metrics over the full item catalogue (jit-friendly).
+"""Ranking and accuracy metrics (jit-friendly; `recall_at` is a host-side wrapper).
 
-Rank of the target = number of candidates scoring strictly higher, plus equal
-scores at a lower id (a deterministic tie-break that never favours the target).
+Tie rule, the same for every ranking metric here: the rank of the target is the
+number of candidates other than the target that do NOT score strictly lower than it.
+Ties (and NaN scores) count against the target, so a constant scorer gets
+Recall@1 = 0, never a lucky 1, and the result does not depend on candidate order.
+A learned model's float scores essentially never tie exactly, so for it the rule is
+immaterial; it matters for degenerate scorers (constant, or saturated logits).
 """
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
-NEG = -1e30  # Score of excluded candidates.
 
 
 def exclusion_mask(seen: Array | None, batch_size: int, num_items: int,
@@ -29,6 +33,27 @@ def exclusion_mask(seen: Array | None, batch_size: int, num_items: int,
   return excl if seen is None else excl | seen
 
 
+def rank_of_target(scores: Array, target: Array, excluded: Array | None = None) -> Array:
+  """0-based rank of the target under the module's tie rule (ties count against it).
+
+  Args:
+    scores: float [B, C] (numpy or jax); target: int [B] candidate index;
+    excluded: bool [B, C], candidates to ignore (never the target, even if True);
+      None = every candidate counts.
+
+  Returns:
+    int32 [B].
+  """
+  scores = jnp.asarray(scores, jnp.float32)
+  target = jnp.asarray(target)
+  ids = jnp.arange(scores.shape[1])[None]
+  t = jnp.take_along_axis(scores, target[:, None], axis=1)
+  against = ~(scores < t) & (ids != target[:, None])
+  if excluded is not None:
+    against &= ~jnp.asarray(excluded)
+  return against.sum(-1).astype(jnp.int32)
+
+
 def rank_metrics(scores: Array, target: Array, excluded: Array,
                  ks=(1, 5, 10), ndcg_k: int = 10) -> dict[str, Array]:
   """Per-example Recall@K and NDCG@K.
@@ -40,15 +65,16 @@ def rank_metrics(scores: Array, target: Array, excluded: Array,
   Returns:
     name -> float32 [B] (recall@k is 1 if the target ranks in the top k).
   """
-  b, v = scores.shape
-  ids = jnp.arange(v)[None]
-  excluded = excluded & (ids != target[:, None])
-  scores = jnp.where(excluded, NEG, scores.astype(jnp.float32))
-  t = jnp.take_along_axis(scores, target[:, None], axis=1)
-  rank = ((scores > t) | ((scores == t) & (ids < target[:, None]))).sum(-1)
+  rank = rank_of_target(scores, target, excluded)
   out = {f'recall@{k}': (rank < k).astype(jnp.float32) for k in ks}
   out[f'ndcg@{ndcg_k}'] = jnp.where(rank < ndcg_k, 1.0 / jnp.log2(rank + 2.0), 0.0)
   return out
+
+
+def recall_at(scores, target, ks=(1, 5, 10)) -> dict[str, np.ndarray]:
+  """Per-example hit@K (host side): float32 [B] for scores [B, C], target [B]."""
+  rank = np.asarray(rank_of_target(scores, target))
+  return {f'recall@{k}': (rank < k).astype(np.float32) for k in ks}
 
 
 def accuracy(logits: Array, labels: Array) -> Array:

@@ -57,8 +57,11 @@ def _scaled_schedule(cfg, factor: float) -> optax.Schedule:
   return base if factor == 1.0 else (lambda step: factor * base(step))
 
 
-def make(cfg, params: Any) -> optax.GradientTransformation:
+def make(cfg, params: Any, freeze=None) -> optax.GradientTransformation:
   """The optimizer for `params` (arrays or ShapeDtypeStructs) from `config.train`.
+
+  `freeze`: the experiment's freeze rules (`Experiment.freeze_rules`); None reads
+  `cfg.freeze`.
 
   `cfg.lr_scale` (optional) is [(regex, factor)]: matching trainable parameters use
   lr * factor (e.g. the stage-2 gates, scalars that plain AdamW moves by ~lr a step).
@@ -69,7 +72,7 @@ def make(cfg, params: Any) -> optax.GradientTransformation:
         optax.adamw(_scaled_schedule(cfg, factor), b1=cfg.get('b1', 0.9),
                     b2=cfg.get('b2', 0.999), weight_decay=cfg.get('weight_decay', 0.0),
                     mask=_decay_mask))
-  lab = labels(params, cfg.get('freeze', None))
+  lab = labels(params, cfg.get('freeze', None) if freeze is None else freeze)
   scales = [(str(r), float(f)) for r, f in (cfg.get('lr_scale', None) or ())]
 
   def scaled(path, label):

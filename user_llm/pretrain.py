@@ -8,35 +8,29 @@
 - 'bert4rec': bidirectional encoder over item ids with [MASK]ed positions;
 - 'popularity': one logit per item (maximum-likelihood unigram over train targets).
 
-Evaluation (`evaluate`): on `config.eval.split` (default 'test': one window per
-held-out target), score the whole item catalogue for the target event (position U,
-after up to U history events) and report Recall@K, NDCG@K for each ranking of
-`config.eval.rankings`: 'all' (every item but pad/OOV; keys `recall@10`, ...) and
-'unseen' (also without every item of the user's past, not only the window; keys
-`unseen/recall@10`, ...). A target that maps to OOV (never seen in training) counts
-as a miss. The AR model also reports the next-event accuracy of every feature.
-Headline metrics carry 95% bootstrap bounds over users (`recall@10_lo`, `_hi`), and
-`eval_examples()` returns the per-target values behind them (user, target index,
-the user's number of events, one value per metric) for paired comparisons and
-protocol subsets.
+Evaluation: `user_llm/evaluators/catalogue.py` ranks the whole item catalogue for
+each held-out target (Recall@K, NDCG@K; 'all' and 'unseen' rankings) with 95%
+bootstrap bounds over users (`recall@10_lo`, `_hi`); `eval_examples()` returns the
+per-target values behind them (user, target index, the user's number of events, one
+value per metric) for paired comparisons and protocol subsets.
 """
 
 from collections.abc import Mapping
 import functools
 
+import data_pipelines
 import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from user_llm import metrics as metrics_lib
-from user_llm import sharding
-from user_llm import stats
-from user_llm import train
+from user_llm import experiment as experiment_lib
+from user_llm.evaluators import catalogue
 from user_llm.models import baselines
+from user_llm.models import gemma as gemma_lib
 from user_llm.models import user_encoder as ue
 
-NUM_SPECIAL = 2  # Ids 0 (pad) and 1 (OOV) of every vocabulary.
+NUM_SPECIAL = data_pipelines.NUM_RESERVED  # Ids 0 (pad) and 1 (OOV) of every vocabulary.
 
 
 # ---------------------------------------------------------------- synthetic data
@@ -78,41 +72,40 @@ def synthetic_dataset(data_cfg, split: str, batch_size: int, seed: int,
 
 
 # ------------------------------------------------------------------ experiment
-class PretrainExperiment(train.Experiment):
+class PretrainExperiment(experiment_lib.Experiment):
   """Stage 1 (see module docstring)."""
 
-  def __init__(self, config, mesh):
-    super().__init__(config, mesh)
+  def setup(self):
+    """Prepares the data (or the synthetic vocabularies) and builds the model."""
+    config = self.config
     self.data_cfg = config.data
     self.prepared = None
     if config.data.name == 'synthetic':
       self.vocab_sizes = dict(config.data.synthetic_vocab)
     else:
-      import data_pipelines  # pylint: disable=g-import-not-at-top
       self.prepared = data_pipelines.prepare(config.data)
       self.vocab_sizes = {f: self.prepared.vocabs[f].size for f in config.data.features}
     self.features = tuple(sorted(self.vocab_sizes))
     self.num_items = self.vocab_sizes['item']
     self.model_name = config.model.name
     self.model = self._build_model(config.model, config.data.seq_len)
-    self._eval_step = jax.jit(self._eval_per_example)
+    self.evaluator = catalogue.CatalogueRanking(config.eval, self._scores, self.dataset,
+                                                self.mesh)
     self._eval_examples: dict[str, list] | None = None
+    return self
 
   # -- model
   def _build_model(self, mc, seq_len):
     dtype = jnp.dtype(mc.get('dtype', 'float32'))
-    kw = dict(d_model=mc.d_model, num_layers=mc.num_layers, num_heads=mc.num_heads,
-              mlp_dim=mc.mlp_dim, fusion=mc.fusion, dropout=mc.dropout, dtype=dtype)
-    embed_dims = {f: mc.embed_dims[f] for f in self.features}
     if self.model_name == 'ar':
-      return ue.UserEncoderLM(ue.UserEncoder(self.vocab_sizes, embed_dims, max_len=seq_len,
-                                             causal=True, **kw),
+      return ue.UserEncoderLM(ue.encoder_from_config(mc, self.vocab_sizes, max_len=seq_len),
                               head_features=mc.get('head_features') or None,
                               tie_item_head=mc.get('tie_item_head', False))
+    embed_dims = {f: mc.embed_dims[f] for f in self.features}
     if self.model_name == 'bert4rec':
       # Items only (as in Bert4Rec): other features of the [MASK]ed target would leak it.
-      enc = ue.UserEncoder({'item': self.num_items + 1}, {'item': embed_dims['item']},
-                           max_len=seq_len + 1, causal=False, **kw)
+      enc = ue.encoder_from_config(mc, {'item': self.num_items + 1}, max_len=seq_len + 1,
+                                   causal=False)
       return baselines.Bert4Rec(enc)
     if self.model_name == 'dual':
       return baselines.DualEncoder(self.vocab_sizes, embed_dims, mc.d_model, mc.mlp_dim, dtype)
@@ -172,7 +165,7 @@ class PretrainExperiment(train.Experiment):
     logits = jnp.einsum('BD,CD->BC', u, v).astype(jnp.float32) / temp
     # Other copies of the positive item, and padding columns, are not negatives.
     same = (ids[:, None] == ids[None, :]) & ~jnp.eye(ids.shape[0], dtype=bool)
-    logits = jnp.where(same | (wf[None, :] == 0), -1e9, logits)
+    logits = jnp.where(same | (wf[None, :] == 0), gemma_lib.NEG_INF, logits)
     ce = -jnp.diagonal(jax.nn.log_softmax(logits, axis=-1))
     loss = (ce * wf).sum() / jnp.maximum(wf.sum(), 1.0)
     acc = ((logits.argmax(-1) == jnp.arange(ids.shape[0])) * wf).sum() / jnp.maximum(wf.sum(), 1.0)
@@ -199,19 +192,18 @@ class PretrainExperiment(train.Experiment):
     return ue.next_event_loss({'item': logits}, {'item': tgt}, w.astype(jnp.float32))
 
   # -- data
-  def _dataset(self, split, batch_size, seed, num_epochs, **overrides):
+  def dataset(self, split, batch_size, seed, num_epochs, **overrides):
     """This process's slice of global batches of `split`."""
     if self.prepared is None:
       return synthetic_dataset(self.data_cfg, split, batch_size // jax.process_count(), seed,
                                num_epochs)
-    import data_pipelines  # pylint: disable=g-import-not-at-top
     return data_pipelines.make_dataset(
         self.prepared, split, 'next_event', batch_size=batch_size, seed=seed,
         shuffle=split == 'train', num_epochs=num_epochs,
         process_index=jax.process_index(), process_count=jax.process_count(), **overrides)
 
   def train_dataset(self, seed):
-    return iter(self._dataset('train', self.config.train.batch_size, seed, None))
+    return iter(self.dataset('train', self.config.train.batch_size, seed, None))
 
   # -- eval
   def _scores(self, params, batch):
@@ -234,52 +226,10 @@ class PretrainExperiment(train.Experiment):
     logits = self.model.apply({'params': params}, {'item': feats['item']}, mask, masked, last)
     return logits[:, -1], {}
 
-  def _eval_per_example(self, params, batch):
-    """Per-example metrics [B] of every ranking, and per-feature accuracies."""
-    ec = self.config.eval
-    scores, last = self._scores(params, batch)
-    target = batch['item'][:, -1]
-    known = target >= NUM_SPECIAL  # OOV targets cannot be ranked: misses.
-    out = {}
-    for ranking in ec.rankings:
-      if ranking not in ('all', 'unseen'):
-        raise ValueError(f'Unknown config.eval.rankings entry {ranking!r}; expected all|unseen.')
-      seen = batch['seen'] if ranking == 'unseen' else None
-      excl = metrics_lib.exclusion_mask(seen, *scores.shape, NUM_SPECIAL)
-      per = metrics_lib.rank_metrics(scores, target, excl, tuple(ec.ks), ec.ndcg_k)
-      prefix = '' if ranking == 'all' else 'unseen/'
-      out.update({prefix + k: v * known for k, v in per.items()})
-    for f, l in last.items():
-      out[f'acc_{f}'] = metrics_lib.accuracy(l, batch[f][:, -1])
-    return out
-
   def evaluate(self, params, step):
-    ec = self.config.eval
-    ds = self._dataset(ec.split, ec.batch_size, 0, 1,
-                       seen_items='unseen' in ec.rankings)
-    cols: dict[str, list[np.ndarray]] = {}
-    for i, batch in enumerate(ds):
-      if 0 <= ec.max_batches <= i:
-        break
-      per = jax.device_get(self._eval_step(params, sharding.shard_batch(batch, self.mesh)))
-      valid = batch['example_mask'] & batch['mask'][:, -1] & (batch['item'][:, -1] > 0)
-      for k in ('user', 'target_index', 'num_events'):
-        cols.setdefault(k, []).append(batch[k][valid])
-      for k, v in per.items():
-        cols.setdefault(k, []).append(np.asarray(v)[valid])
-    if not cols:
-      raise ValueError(f'No {ec.split} examples to evaluate.')
-    ex = {k: np.concatenate(v) for k, v in cols.items()}
-    self._eval_examples = {k: v.tolist() for k, v in ex.items()}
-    out = {k: float(v.mean()) for k, v in sorted(ex.items())
-           if k not in ('user', 'target_index', 'num_events')}
-    for k in ec.ci_metrics:
-      if k in ex:
-        est = stats.bootstrap(ex[k], ex['user'])
-        out[f'{k}_lo'], out[f'{k}_hi'] = est.lo, est.hi
-    out['num_examples'] = float(len(ex['user']))
-    out['num_users'] = float(len(np.unique(ex['user'])))
-    return out
+    metrics, examples = self.evaluator.run(params)
+    self._eval_examples = {k: v.tolist() for k, v in examples.items()}
+    return metrics
 
   def eval_examples(self) -> dict[str, list] | None:
     return self._eval_examples

@@ -10,42 +10,37 @@ replication for that dimension/array. Unmatched arrays are replicated.
 """
 
 from collections.abc import Sequence
+import math
 import re
 from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 BATCH_AXES = ('data', 'fsdp')  # Batches are split over these mesh axes.
 
 
 def make_mesh(mesh_config: Sequence[tuple[str, int]], devices=None) -> Mesh:
-  """Builds a Mesh from `[(axis, size), ...]`; one size may be -1 (the rest)."""
-  devices = np.asarray(devices if devices is not None else jax.devices())
-  names = [n for n, _ in mesh_config]
+  """`jax.make_mesh` from `[(axis, size), ...]`; one size may be -1 (the rest)."""
+  devices = list(np.ravel(devices if devices is not None else jax.devices()))
+  names = tuple(n for n, _ in mesh_config)
   sizes = [int(s) for _, s in mesh_config]
   if sizes.count(-1) > 1:
     raise ValueError(f'At most one mesh axis may be -1: {mesh_config}')
-  known = int(np.prod([s for s in sizes if s != -1]))
-  sizes = [devices.size // known if s == -1 else s for s in sizes]
-  if int(np.prod(sizes)) != devices.size:
-    raise ValueError(f'Mesh {dict(zip(names, sizes))} needs {np.prod(sizes)} devices, '
-                     f'have {devices.size}.')
-  return Mesh(devices.reshape(sizes), tuple(names))
+  known = math.prod(s for s in sizes if s != -1)
+  sizes = [len(devices) // known if s == -1 else s for s in sizes]
+  # jax.make_mesh silently drops spare devices; a config that leaves some idle is a mistake.
+  if math.prod(sizes) != len(devices):
+    raise ValueError(f'Mesh {dict(zip(names, sizes))} needs {math.prod(sizes)} devices, '
+                     f'have {len(devices)}.')
+  # Auto axes: jax.make_mesh defaults to Explicit, which changes how jit traces shardings.
+  return jax.make_mesh(sizes, names, axis_types=(AxisType.Auto,) * len(names), devices=devices)
 
 
 def path_str(path) -> str:
   """'/'-joined names of a jax tree path."""
-  parts = []
-  for k in path:
-    for attr in ('key', 'name', 'idx'):
-      if hasattr(k, attr):
-        parts.append(str(getattr(k, attr)))
-        break
-    else:
-      parts.append(str(k))
-  return '/'.join(parts)
+  return jax.tree_util.keystr(path, simple=True, separator='/')
 
 
 def _axis_size(mesh: Mesh, axes) -> int:
@@ -55,6 +50,7 @@ def _axis_size(mesh: Mesh, axes) -> int:
 
 def spec_for(path: str, shape: tuple[int, ...], rules, mesh: Mesh) -> P:
   """PartitionSpec of one array from the first matching rule."""
+  # Hand-written like big_vision's: flax's logical-axis rules need axis names on every param.
   for pattern, spec in rules:
     if re.fullmatch(f'(?:.*/)?(?:{pattern})', path):
       if spec is None or len(spec) > len(shape):

@@ -1,18 +1,16 @@
 """The one trainer of User-LLM (stage 1 and stage 2).
 
-`train_and_evaluate(config, workdir)` picks an experiment by `config.experiment`
-from `EXPERIMENTS`, builds a mesh, initialises the train state sharded (through
-`jax.eval_shape`, never materialised on one device), resumes (existing run -> init
-checkpoint -> scratch), and loops over the pure, jitted `train_step`.
+`train_and_evaluate(config, workdir)` builds a mesh and the experiment named by
+`config.experiment` (`user_llm/experiment.py`), initialises the train state sharded
+(through `jax.eval_shape`, never materialised on one device), resumes (existing run
+-> init checkpoint -> scratch), and loops over the pure, jitted `train_step`.
 
 Train state: a dict `{'step': int32[], 'params': ..., 'opt_state': ...}`.
 """
 
-import abc
 from collections.abc import Callable, Mapping
 import dataclasses
 import functools
-import importlib
 import json
 import math
 import os
@@ -20,78 +18,18 @@ import time
 from typing import Any
 
 from absl import logging
-import grain
+from clu import parameter_overview
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
 from user_llm import checkpointing
+from user_llm import experiment as experiment_lib
 from user_llm import optim
 from user_llm import sharding
 
 PyTree = Any
-
-# config.experiment -> 'module:Class'; imported lazily so stage-2 deps load only when used.
-EXPERIMENTS = {
-    'pretrain': 'user_llm.pretrain:PretrainExperiment',
-    'userllm': 'user_llm.userllm:UserLLMExperiment',
-}
-
-
-class Experiment(abc.ABC):
-  """What a stage plugs into the trainer. See docs/contracts.md ("Experiments").
-
-  Constructed as `Experiment(config, mesh)`. Every method that the trainer traces
-  (`init_params`, `loss_fn`) must be pure.
-  """
-
-  def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
-    self.config = config
-    self.mesh = mesh
-
-  @abc.abstractmethod
-  def init_params(self, rng: jax.Array) -> PyTree:
-    """Fresh params from a PRNG key (pure: eval_shape'd and jitted with out_shardings)."""
-
-  @abc.abstractmethod
-  def loss_fn(self, params: PyTree, batch: Mapping[str, jax.Array],
-              rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """(scalar loss, scalar metrics) for one global batch; rng is already step-folded."""
-
-  @abc.abstractmethod
-  def train_dataset(self, seed: int) -> grain.DatasetIterator:
-    """This host's infinite iterator of numpy train batches (checkpointable state)."""
-
-  @abc.abstractmethod
-  def evaluate(self, params: PyTree, step: int) -> dict[str, float]:
-    """Evaluation metrics of `params` (run on the host, may loop over a test split)."""
-
-  def eval_examples(self) -> dict[str, list] | None:
-    """Per-example values behind the last `evaluate` (JSON-able), or None.
-
-    The trainer writes them to WORKDIR/eval_examples.json, so benchmarks can pair
-    models target by target and bootstrap over users.
-    """
-    return None
-
-  def load_pretrained(self, params: PyTree) -> PyTree:
-    """Hook to replace parts of fresh params by pretrained ones (only from scratch)."""
-    return params
-
-  @property
-  def sharding_rules(self) -> list[tuple[str, tuple | None]]:
-    """[(path regex, PartitionSpec-like tuple)], see user_llm/sharding.py."""
-    return [tuple(r) for r in self.config.get('sharding_rules', ())]
-
-
-def get_experiment(config, mesh) -> Experiment:
-  """Instantiates `EXPERIMENTS[config.experiment]` (lazy import)."""
-  if config.experiment not in EXPERIMENTS:
-    raise ValueError(f'Unknown config.experiment {config.experiment!r}; known: {sorted(EXPERIMENTS)}')
-  module, cls = EXPERIMENTS[config.experiment].split(':')
-  return getattr(importlib.import_module(module), cls)(config, mesh)
 
 
 def train_step(state: PyTree, batch: Mapping[str, jax.Array], rng: jax.Array, *,
@@ -139,14 +77,15 @@ class TrainSetup:
   from_params: Callable[[PyTree], PyTree]  # State at step 0 around given params.
 
 
-def create_train_state(config, mesh, exp: Experiment, init_rng: jax.Array) -> TrainSetup:
+def create_train_state(config, mesh, exp: experiment_lib.Experiment,
+                       init_rng: jax.Array) -> TrainSetup:
   """Shapes first (`jax.eval_shape`), then shardings, then jitted sharded init.
 
   Nothing is materialised on one device: params come out of
   `jax.jit(init_params, out_shardings=...)` already sharded.
   """
   abstract_params = jax.eval_shape(exp.init_params, init_rng)
-  tx = optim.make(config.train, abstract_params)
+  tx = optim.make(config.train, abstract_params, exp.freeze_rules)
 
   def init_state(params):
     return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init(params)}
@@ -166,10 +105,10 @@ def create_train_state(config, mesh, exp: Experiment, init_rng: jax.Array) -> Tr
                     from_params)
 
 
-def make_train_step(exp: Experiment, tx, state_sh, batch_sh, mesh):
+def make_train_step(exp: experiment_lib.Experiment, tx, state_sh, batch_sh, mesh):
   """`train_step` jitted with explicit shardings, donating the old state."""
   rep = sharding.replicated(mesh)
-  labels = optim.labels(state_sh['params'], exp.config.train.get('freeze', None))
+  labels = optim.labels(state_sh['params'], exp.freeze_rules)
   frozen = jax.tree.map(lambda label: label == optim.FROZEN, labels)
   if not any(jax.tree.leaves(frozen)):
     frozen = None
@@ -179,28 +118,29 @@ def make_train_step(exp: Experiment, tx, state_sh, batch_sh, mesh):
 
 
 class _Writer:
-  """TensorBoard (tensorboardX) + metrics.jsonl on process 0; no-op elsewhere."""
+  """clu metric writer (log + TensorBoard on process 0, log only elsewhere) + metrics.jsonl."""
 
   def __init__(self, workdir: str):
+    # Imported here: clu's TensorBoard writer imports TensorFlow (seconds), needed only to train.
+    from clu import metric_writers  # pylint: disable=g-import-not-at-top
     self.active = jax.process_index() == 0
-    if self.active:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self.tb = SummaryWriter(os.path.join(workdir, 'tb'))
+    self.writer = metric_writers.create_default_writer(
+        os.path.join(workdir, 'tb'), just_logging=not self.active, asynchronous=False)
+    if self.active:  # Benchmarks read metrics.jsonl; clu has no JSON-lines writer.
       self.jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
 
   def write(self, step: int, prefix: str, metrics: Mapping[str, float]) -> None:
-    if not self.active:
-      return
-    for k, v in metrics.items():
-      self.tb.add_scalar(f'{prefix}/{k}'.replace('@', '_at_'), float(v), step)
-    self.jsonl.write(json.dumps({'step': step, 'split': prefix,
-                                 **{k: float(v) for k, v in metrics.items()}}) + '\n')
-    self.jsonl.flush()
-    self.tb.flush()
+    self.writer.write_scalars(
+        step, {f'{prefix}/{k}'.replace('@', '_at_'): float(v) for k, v in metrics.items()})
+    self.writer.flush()
+    if self.active:
+      self.jsonl.write(json.dumps({'step': step, 'split': prefix,
+                                   **{k: float(v) for k, v in metrics.items()}}) + '\n')
+      self.jsonl.flush()
 
   def close(self):
+    self.writer.close()
     if self.active:
-      self.tb.close()
       self.jsonl.close()
 
 
@@ -214,21 +154,26 @@ def _check_finite(step: int, metrics: Mapping[str, Any]) -> dict[str, float]:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains and evaluates `config.experiment`; returns the final eval metrics.
 
-  Checkpoints, TensorBoard events, metrics.jsonl and results.json go to `workdir`.
+  config.json, checkpoints, TensorBoard events, metrics.jsonl and results.json go to
+  `workdir`.
   """
   t_start = time.time()
   os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:  # The run's record: launch.generate and stage 2 read it.
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=1))
   tc = config.train
   mesh = sharding.make_mesh(config.mesh)
   logging.info('Mesh: %s', dict(mesh.shape))
-  exp = get_experiment(config, mesh)
+  exp = experiment_lib.build(config, mesh)
   init_rng, train_rng = jax.random.split(jax.random.key(tc.seed))
 
   setup = create_train_state(config, mesh, exp, init_rng)
   tx, state_sh, abstract_state = setup.tx, setup.state_shardings, setup.abstract_state
-  num_params = sum(int(np.prod(x.shape))
-                   for x in jax.tree_util.tree_leaves(abstract_state['params']))
-  logging.info('Params: %d', num_params)
+  num_params = int(parameter_overview.count_parameters(abstract_state['params']))
+  parameter_overview.log_parameter_overview(  # Abstract params: shapes and shardings only.
+      abstract_state['params'], include_stats='sharding', jax_logging_process=0,
+      msg=f'Params: {num_params}')
 
   data_iter = exp.train_dataset(tc.seed)
   ckpt = checkpointing.Checkpointer(workdir, max_to_keep=tc.get('keep_checkpoints', 2),

@@ -5,42 +5,40 @@
 the prompt); `config.userllm.num_latents` > 0 adds the Perceiver; the strategy
 (`config.userllm.strategy`: full | lora | enc | proj) sets LoRA and the freeze rules.
 
+Lifecycle (user_llm/experiment.py): `setup()` prepares the data, loads the tokenizer
+and builds the model; the encoder's architecture is read from the stage-1 run's
+config.json (`config.userllm.encoder_workdir`), never copied into this config.
 Init (`load_pretrained`, only when a run starts from scratch): `decoder/` from the
 Gemma checkpoint of `config.llm` (converted GGUF or official Orbax), `user_encoder/`
-from the stage-1 workdir `config.userllm.encoder_workdir` unless
-`config.userllm.random_encoder`.
+from that stage-1 run unless `config.userllm.random_encoder`.
 
 Training: next-token cross-entropy on the answer tokens (+ EOS) of the task examples
-(`config.tasks`, mixed evenly). Evaluation on the test windows, by exact likelihood of
-candidate answers (see user_llm/ranking.py): favourite genre Recall@1 over all genre
-names; next item Recall@1/5/10 over the true next item and
-`config.eval.num_candidates - 1` catalogue items drawn uniformly without replacement
-(fixed per example), a sampled-candidates protocol because scoring all 9.7k MovieLens
-titles per user is out of reach on CPU (`num_candidates=0` ranks the full catalogue).
-Review generation: greedy decoding (KV cache, user memory computed once) of at most
-`max_answer_tokens`, ROUGE-Lsum F1 against the reference (`rouge-score`).
+(`config.tasks`, mixed evenly). Evaluation: one evaluator per task of
+`config.eval.tasks` (user_llm/evaluators/: candidate ranking by the LLM's likelihood
+for next item and favourite genre, ROUGE-Lsum of generated reviews).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import json
+import os
 import time
 
-from absl import logging
-from flax.core import FrozenDict
+from gemma import gm
 import grain
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from user_llm import checkpointing
+from user_llm import experiment as experiment_lib
 from user_llm import gemma_loader
-from user_llm import ranking
-from user_llm import sampling
-from user_llm import stats
-from user_llm import train
+from user_llm.evaluators import candidates
+from user_llm.evaluators import review
 from user_llm.models import gemma as gemma_lib
-from user_llm.models import testing
 from user_llm.models import user_encoder as ue
 from user_llm.models import user_llm as ul
 
@@ -54,18 +52,33 @@ STRATEGY_FREEZE = {
 }
 
 
-def freeze_rules(config) -> list[str]:
-  s = config.userllm.strategy
-  if s not in STRATEGY_FREEZE:
-    raise ValueError(f'Unknown config.userllm.strategy {s!r}; expected {sorted(STRATEGY_FREEZE)}')
-  # Idempotent: building the experiment twice must not stack the rules.
-  return list(dict.fromkeys(STRATEGY_FREEZE[s] + list(config.train.freeze)))
+def freeze_rules(strategy: str, extra=()) -> list:
+  """The freeze rules of `strategy` (STRATEGY_FREEZE) followed by `extra`."""
+  if strategy not in STRATEGY_FREEZE:
+    raise ValueError(f'Unknown config.userllm.strategy {strategy!r}; '
+                     f'expected {sorted(STRATEGY_FREEZE)}')
+  return STRATEGY_FREEZE[strategy] + list(extra)
 
 
-def decoder_config(llm_cfg):
-  if llm_cfg.model == 'tiny':  # Tests: a Gemma-3-structured toy (random weights).
-    return testing.tiny_gemma_config(vocab=llm_cfg.tiny_vocab)
+def decoder_config(llm_cfg) -> gm.nn.config.TransformerConfig:
+  """`config.llm.model`: a `gm.nn` class name, or 'module:function' returning a config
+  (e.g. the tests' `configs.testing:tiny_gemma_for_bytes`)."""
+  module, sep, fn = llm_cfg.model.partition(':')
+  if sep:
+    return getattr(importlib.import_module(module), fn)()
   return gemma_lib.gemma_config(llm_cfg.model)
+
+
+def stage1_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config.json a stage-1 run (`launch.main`) wrote into `workdir`."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.isfile(path):
+    raise FileNotFoundError(
+        f'config.userllm.encoder_workdir={workdir!r} has no config.json: give the workdir '
+        'of a stage-1 run (configs/movielens_pretrain.py); its encoder architecture and '
+        'weights are read from there.')
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
 
 
 def xattn_layers(uc, num_layers: int) -> tuple[int, ...]:
@@ -86,19 +99,20 @@ def gate_values(params) -> dict[str, jax.Array]:
   return out
 
 
-class UserLLMExperiment(train.Experiment):
+class UserLLMExperiment(experiment_lib.Experiment):
   """Stage 2 (see module docstring)."""
 
-  def __init__(self, config, mesh):
-    super().__init__(config, mesh)
+  def setup(self):
+    """Prepares the data, loads the tokenizer, builds encoder + Gemma + bridge."""
     import data_pipelines  # pylint: disable=g-import-not-at-top
     from data_pipelines import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
 
+    config = self.config
     uc = config.userllm
     self.mode = uc.mode
     self.prepared = data_pipelines.prepare(config.data)
     self.features = tuple(config.data.features)
-    if config.llm.model == 'tiny':
+    if config.llm.tokenizer == 'bytes':  # Tests: no SentencePiece model needed.
       self.tokenizer = tok_lib.ByteTokenizer()
     else:
       self._params_dir, tok_path = gemma_loader.resolve_paths(config.llm)
@@ -106,20 +120,41 @@ class UserLLMExperiment(train.Experiment):
     self.decoder_config = decoder_config(config.llm)
     enc = None
     if self.mode != 'text_prompt':
-      ec = config.encoder
-      enc = ue.UserEncoder(
-          FrozenDict({f: self.prepared.vocabs[f].size for f in self.features}),
-          FrozenDict({f: ec.embed_dims[f] for f in self.features}),
-          d_model=ec.d_model, num_layers=ec.num_layers, num_heads=ec.num_heads,
-          mlp_dim=ec.mlp_dim, max_len=config.data.seq_len, fusion=ec.fusion,
-          causal=True, dropout=0.0)
+      enc = self._encoder()
     self.model = ul.UserLLM(
         self.decoder_config, enc, mode=self.mode,
         xattn_layers=xattn_layers(uc, self.decoder_config.num_layers),
         num_latents=uc.num_latents, perceiver_depth=uc.perceiver_depth,
         lora_rank=uc.lora_rank if uc.strategy == 'lora' else 0)
-    config.train.freeze = freeze_rules(config)  # Read by the trainer's optimizer.
     self.length = config.data.max_prompt_tokens + config.data.max_answer_tokens
+    return self
+
+  def _encoder(self) -> ue.UserEncoder:
+    """The stage-1 run's encoder, built from its own config.json (weights: load_pretrained)."""
+    workdir = self.config.userllm.encoder_workdir
+    if not workdir:
+      raise ValueError('config.userllm.encoder_workdir is empty: give a stage-1 workdir (its '
+                       'architecture is used, and its weights unless random_encoder).')
+    s1 = stage1_config(workdir)
+    if s1.model.name != 'ar':
+      raise ValueError(f'{workdir} trained a {s1.model.name!r} model; stage 2 reads an AR '
+                       "encoder (configs/movielens_pretrain.py:model=ar).")
+    seq_len = self.config.data.seq_len
+    if seq_len > s1.data.seq_len:
+      raise ValueError(
+          f'The stage-1 encoder in {workdir} has positions for {s1.data.seq_len} events, '
+          f'config.data.seq_len={seq_len}: use a stage-1 run with seq_len >= {seq_len} or '
+          f'--config.data.seq_len={s1.data.seq_len}.')
+    missing = set(self.features) - set(s1.model.embed_dims)
+    if missing:
+      raise ValueError(f'The stage-1 encoder in {workdir} has no embedding for {sorted(missing)}.')
+    return ue.encoder_from_config(
+        s1.model, {f: self.prepared.vocabs[f].size for f in self.features},
+        max_len=s1.data.seq_len, dropout=0.0)
+
+  @property
+  def freeze_rules(self):
+    return freeze_rules(self.config.userllm.strategy, self.config.train.get('freeze', ()))
 
   # ---------------------------------------------------------------- params
   def _dummy(self, b=1):
@@ -129,7 +164,7 @@ class UserLLMExperiment(train.Experiment):
 
   def init_params(self, rng):
     dtype = jnp.dtype(self.config.llm.param_dtype)
-    if self.config.llm.model == 'tiny':  # No checkpoint: a random decoder.
+    if not self.config.llm.pretrained:  # A random decoder (tests, smoke runs).
       params = self.model.init(rng, *self._dummy(), method='init_all')['params']
       params['decoder'] = jax.tree_util.tree_map_with_path(
           lambda p, x: x if 'lora' in jax.tree_util.keystr(p) else x.astype(dtype),
@@ -155,21 +190,19 @@ class UserLLMExperiment(train.Experiment):
 
   def load_pretrained(self, params):
     init, params = params, dict(params)
-    if self.config.llm.model != 'tiny':
+    if self.config.llm.pretrained:
       gemma = gemma_loader.load_params(self._params_dir, self.decoder_config,
                                        self.config.llm.param_dtype)
       params['decoder'] = _merge(params['decoder'], gemma, 'decoder')
     uc = self.config.userllm
     if self.mode != 'text_prompt' and not uc.random_encoder:
-      if not uc.encoder_workdir:
-        raise ValueError('config.userllm.encoder_workdir is empty: give a stage-1 workdir, '
-                         'or set config.userllm.random_encoder=True for the ablation.')
       enc = checkpointing.load_params(uc.encoder_workdir, subtree='user_encoder')
       bad = gemma_loader.first_mismatch(params['user_encoder'], enc)
       if bad:
         raise ValueError(
-            f'Stage-1 encoder in {uc.encoder_workdir} does not match config.encoder: first '
-            f'mismatch at user_encoder/{bad}. Use the config.encoder of that stage-1 run.')
+            f'Stage-1 encoder in {uc.encoder_workdir} does not match the encoder built from '
+            f'its config.json over this run\'s data vocabularies: first mismatch at '
+            f'user_encoder/{bad}. Train stage 1 on the same data (path, features).')
       params['user_encoder'] = enc
     # Loaded arrays take the dtype and sharding the trainer gave the fresh params.
     return jax.tree.map(lambda new, old: jax.device_put(jnp.asarray(new, old.dtype), old.sharding),
@@ -201,7 +234,8 @@ class UserLLMExperiment(train.Experiment):
     acc = jnp.sum(top * w) / jnp.maximum(jnp.sum(w), 1.0)
     return loss, {'token_accuracy': acc, **gate_values(params)}
 
-  def _dataset(self, split, task, batch_size, seed, **kw):
+  def dataset(self, split, task, batch_size, seed, **kw):
+    """This process's batches of `task` on `split` (data_pipelines.make_dataset)."""
     import data_pipelines  # pylint: disable=g-import-not-at-top
     # trim_multiple is read now, not at prepare() time: a changed config applies.
     kw = {'text_prompt': self.mode == 'text_prompt',
@@ -212,119 +246,31 @@ class UserLLMExperiment(train.Experiment):
 
   def train_dataset(self, seed):
     tasks = list(self.config.tasks)
-    ds = [self._dataset('train', t, self.config.train.batch_size, seed + i)
+    ds = [self.dataset('train', t, self.config.train.batch_size, seed + i)
           for i, t in enumerate(tasks)]
     mixed = ds[0] if len(ds) == 1 else grain.IterDataset.mix(ds, [1.0] * len(ds))
     return iter(mixed)
 
   # ---------------------------------------------------------------- evaluation
-  def _candidates(self, task, batch, rng):
-    """(int32[B, C, A] candidate answers, int32[B] index of the true one)."""
-    a, eos = self.config.data.max_answer_tokens, self.tokenizer.eos_id
-    enc = lambda text: (self.tokenizer.encode(text)[:a - 1] + [eos])
-    b = len(batch['target'])
-    if task == 'fav_genre':
-      names = self.prepared.genres[2:]
-      cands = [[enc(n) for n in names]] * b
-      target = np.maximum(batch['target'] - 2, 0)  # OOV genre -> scored as index 0.
-    else:
-      names = self.prepared.catalogue.names
-      negatives = sample_negatives(rng, batch['target'], len(names),
-                                   self.config.eval.num_candidates)
-      cands, target = [], np.zeros(b, np.int32)
-      for i in range(b):
-        p = int(batch['prompt_len'][i])
-        true = [t for t in batch['tokens'][i, p:p + a].tolist() if t != 0]
-        cands.append([true] + [enc(names[j]) for j in negatives[i]])
-    out = np.zeros((b, len(cands[0]), a), np.int32)
-    for i, row in enumerate(cands):
-      for j, c in enumerate(row):
-        out[i, j, :len(c)] = c
-    return out, target.astype(np.int32)
-
-  def _rouge(self, params, prompts, user, batch):
-    """Greedy review generation (max_answer_tokens) scored by ROUGE-Lsum F1."""
-    from rouge_score import rouge_scorer  # pylint: disable=g-import-not-at-top
-    user = dict(user)
-    prefix, prefix_mask = user.pop('prefix', None), user.pop('prefix_mask', None)
-    eos = self.tokenizer.eos_id
-    out = sampling.generate(
-        self.model, params, jnp.asarray(prompts), max_new_tokens=self.config.data.max_answer_tokens,
-        prefix=prefix, prefix_mask=prefix_mask, model_kwargs=user, stop_tokens=(eos, 106))
-    scorer = rouge_scorer.RougeScorer(['rougeLsum'])
-    scores = []
-    for r, gen in enumerate(sampling.trim(np.asarray(out), (eos, 106))):
-      p = int(batch['prompt_len'][r])
-      ref = [t for t in batch['tokens'][r, p:].tolist() if t not in (0, eos)]
-      scores.append(_rouge_lsum(scorer, self.tokenizer.decode(ref), self.tokenizer.decode(gen)))
-    return {'rougeLsum': np.asarray(scores, np.float32)}
+  def evaluators(self) -> list:
+    """One evaluator per task of config.eval.tasks (user_llm/evaluators/)."""
+    return [review.ReviewRouge(self) if task == 'review' else
+            candidates.CandidateRanking(self, task) for task in self.config.eval.tasks]
 
   def evaluate(self, params, step):
     """Per task: the mean of every metric, its 95% bootstrap CI over users
     (`{task}/{metric}_lo`, `_hi`), and the per-example values (`eval_examples`)."""
-    ec = self.config.eval
     results, t0 = {}, time.time()
     self._eval_examples = {}
-    for task in self.config.eval.tasks:
-      rng = np.random.default_rng(ec.seed)
-      cols: dict[str, list[np.ndarray]] = {}
-      ds = self._dataset(ec.split, task, ec.batch_size, 0, shuffle=False, num_epochs=1)
-      for i, batch in enumerate(ds):
-        if 0 <= ec.max_batches <= i:
-          break
-        keep = batch['example_mask']
-        prompts = np.zeros((len(keep), int(batch['prompt_len'].max())), np.int32)
-        for r, p in enumerate(batch['prompt_len']):  # Left-pad [BOS] prompt.
-          if p:
-            prompts[r, -p:] = batch['tokens'][r, :p]
-        prompts[~keep, -1] = self.tokenizer.bos_id  # Padding rows: a harmless prompt.
-        feats = {f: jnp.asarray(batch[f]) for f in self.features}
-        user = ul.user_inputs(self.model, params, feats, jnp.asarray(batch['mask']))
-        if task == 'review':  # Generated text against the reference: ROUGE-Lsum.
-          per = self._rouge(params, prompts, user, batch)
-        else:
-          cands, target = self._candidates(task, batch, rng)
-          scores = ranking.score_candidates(self.model, params, prompts, cands, user,
-                                            chunk=ec.candidate_chunk)
-          ks = (1,) if task == 'fav_genre' else tuple(ec.ks)
-          per = ranking.recall_at(scores, target, ks)
-        cols.setdefault('user', []).append(batch['user'][keep])
-        for k, v in per.items():
-          cols.setdefault(k, []).append(np.asarray(v)[keep])
-      ex = {k: np.concatenate(v) for k, v in cols.items()}
-      for k, v in ex.items():
-        if k == 'user' or not len(v):
-          continue
-        est = stats.bootstrap(v, ex['user'])
-        results[f'{task}/{k}'] = est.mean
-        results[f'{task}/{k}_lo'], results[f'{task}/{k}_hi'] = est.lo, est.hi
-      results[f'{task}/examples'] = len(ex.get('user', ()))
-      self._eval_examples[task] = {k: v.tolist() for k, v in ex.items()}
+    for evaluator in self.evaluators():
+      metrics, examples = evaluator.run(params)
+      results.update(metrics)
+      self._eval_examples[evaluator.task] = {k: v.tolist() for k, v in examples.items()}
     results['eval_wall_s'] = time.time() - t0
     return results
 
   def eval_examples(self):
     return getattr(self, '_eval_examples', None)
-
-
-def sample_negatives(rng: np.random.Generator, targets: np.ndarray, num_items: int,
-                     num_candidates: int) -> np.ndarray:
-  """int[B, C-1] item ids drawn uniformly without replacement, never the target.
-
-  Ids 0/1 (pad/OOV) are never drawn; num_candidates 0 = every other item. Draws in
-  row order from `rng`, so a reference model can rebuild the same candidates.
-  """
-  n = num_candidates or (num_items - 2)
-  out = []
-  for t in targets:
-    pool = np.setdiff1d(np.arange(2, num_items), [t])
-    out.append(rng.choice(pool, size=min(n - 1, len(pool)), replace=False))
-  return np.asarray(out, np.int32)
-
-
-def _rouge_lsum(scorer, reference: str, generated: str) -> float:
-  # rougeLsum splits summaries on newlines; a review is one "sentence" per line.
-  return scorer.score(reference, generated)['rougeLsum'].fmeasure
 
 
 def _merge(init, loaded, name):

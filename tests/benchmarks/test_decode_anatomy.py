@@ -6,7 +6,7 @@ import numpy as np
 
 from benchmarks import decode_anatomy
 from user_llm.models import gemma as gemma_lib
-from user_llm.models import testing
+from configs import testing
 
 
 def test_truncated_decoder_keeps_weights_and_all_layers_is_the_model():

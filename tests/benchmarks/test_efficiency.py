@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import _efficiency_lib as lib
+from benchmarks import efficiency_lib as lib
 from benchmarks import efficiency
 from user_llm.models import gemma as gemma_lib
-from user_llm.models import testing
+from configs import testing
 
 VOCABS = FrozenDict(item=20, genre=6, rating=7)
 LENGTHS = (8, 32)

@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from user_llm import sampling
+from user_llm import decoding
 from user_llm.models import gemma as gemma_lib
-from user_llm.models import testing
+from configs import testing
 
 
 def _init(cfg, seed=0):
@@ -55,6 +55,14 @@ def test_prefix_lm_mask():
   np.testing.assert_array_equal(np.asarray(mask[0]), want)
 
 
+def test_neg_inf_is_gms_mask_value_and_finite_in_bf16():
+  from gemma.gm.nn import _modules  # pylint: disable=g-import-not-at-top
+  assert gemma_lib.NEG_INF == _modules.K_MASK
+  assert np.isfinite(np.asarray(jnp.bfloat16(gemma_lib.NEG_INF), np.float32))
+  row = jnp.full((3,), gemma_lib.NEG_INF, jnp.bfloat16)  # A fully masked row: uniform.
+  np.testing.assert_allclose(np.asarray(jax.nn.softmax(row.astype(jnp.float32))), 1 / 3)
+
+
 def test_prefix_is_seen_bidirectionally_and_shifts_logits():
   cfg = testing.tiny_gemma_config()
   _, params = _init(cfg)
@@ -74,13 +82,13 @@ def test_cached_generation_equals_full_forwards(use_prefix):
   cfg = testing.tiny_gemma_config()
   _, params = _init(cfg)
   dec = gemma_lib.GemmaDecoder(cfg)
-  prompts = sampling.left_pad([[2, 5, 9, 11, 7], [2, 6, 7]])
+  prompts = decoding.left_pad([[2, 5, 9, 11, 7], [2, 6, 7]])
   prefix = None
   if use_prefix:
     prefix = jax.random.normal(jax.random.PRNGKey(4), (2, 3, cfg.embed_dim))
-  got = sampling.generate(
-      dec, params, jnp.asarray(prompts), max_new_tokens=16, prefix=prefix, stop_tokens=()
-  )
+  got = decoding.generate(
+      dec, params, prompts, {'prefix': prefix} if use_prefix else None, max_new_tokens=16,
+      stop_tokens=())
   # Reference: 16 uncached full forward passes over the growing sequence.
   seq = jnp.asarray(prompts)
   mask = seq != 0
@@ -99,10 +107,10 @@ def test_generation_stops_at_stop_token():
   cfg = testing.tiny_gemma_config()
   _, params = _init(cfg)
   dec = gemma_lib.GemmaDecoder(cfg)
-  prompts = jnp.asarray(sampling.left_pad([[2, 5, 9]]))
-  free = np.asarray(sampling.generate(dec, params, prompts, max_new_tokens=8, stop_tokens=()))
+  prompts = jnp.asarray(decoding.left_pad([[2, 5, 9]]))
+  free = np.asarray(decoding.generate(dec, params, prompts, max_new_tokens=8, stop_tokens=()))
   stop = int(free[0, 2])
   first = list(free[0]).index(stop)
-  got = np.asarray(sampling.generate(dec, params, prompts, max_new_tokens=8, stop_tokens=(stop,)))
+  got = np.asarray(decoding.generate(dec, params, prompts, max_new_tokens=8, stop_tokens=(stop,)))
   np.testing.assert_array_equal(got[0, : first + 1], free[0, : first + 1])
   assert (got[0, first + 1 :] == 0).all()

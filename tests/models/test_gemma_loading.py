@@ -8,7 +8,7 @@ import pytest
 from user_llm import gemma_gguf
 from user_llm import gemma_loader
 from user_llm.models import gemma as gemma_lib
-from user_llm.models import testing
+from configs import testing
 
 
 def test_missing_gguf_names_path(tmp_path):

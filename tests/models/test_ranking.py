@@ -4,31 +4,66 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from user_llm import ranking
-from user_llm import sampling
+from user_llm import decoding
+from user_llm import metrics
 from user_llm.models import gemma as gemma_lib
-from user_llm.models import testing
+from configs import testing
+
+CANDS = np.array([[[7, 8, 1], [9, 1, 0], [3, 3, 1]], [[4, 1, 0], [7, 8, 1], [5, 6, 1]]], np.int32)
+PROMPTS = [[2, 5, 9, 11], [2, 6]]
 
 
-def test_scores_equal_full_sequence_log_likelihood():
+def _decoder():
   cfg = testing.tiny_gemma_config()
   dec = gemma_lib.GemmaDecoder(cfg)
   params = dec.init(jax.random.PRNGKey(0), jnp.ones((1, 4), jnp.int32))['params']
   params = jax.tree.map(lambda x: x + 0.2 * jax.random.normal(jax.random.PRNGKey(1), x.shape), params)
-  prompts = [[2, 5, 9, 11], [2, 6]]
-  cands = np.array([[[7, 8, 1], [9, 1, 0], [3, 3, 1]], [[4, 1, 0], [7, 8, 1], [5, 6, 1]]], np.int32)
-  got = ranking.score_candidates(dec, params, sampling.left_pad(prompts), cands, {}, chunk=2)
-  for b, prompt in enumerate(prompts):
+  return cfg, dec, params
+
+
+def test_scores_equal_full_sequence_log_likelihood():
+  _, dec, params = _decoder()
+  got = decoding.score_candidates(dec, params, decoding.left_pad(PROMPTS), CANDS, {}, chunk=2)
+  for b, prompt in enumerate(PROMPTS):
     for c in range(3):
-      ans = [t for t in cands[b, c] if t]
+      ans = [t for t in CANDS[b, c] if t]
       seq = jnp.asarray([prompt + ans])
       logp = jax.nn.log_softmax(dec.apply({'params': params}, seq).logits[0], -1)
       want = sum(float(logp[len(prompt) - 1 + j, t]) for j, t in enumerate(ans))
       np.testing.assert_allclose(got[b, c], want, rtol=1e-4, atol=1e-4)
 
 
+def test_chunked_scores_equal_one_call_with_a_soft_prompt():
+  cfg, dec, params = _decoder()
+  user = {'prefix': jax.random.normal(jax.random.PRNGKey(2), (2, 3, cfg.embed_dim)),
+          'prefix_mask': jnp.array([[True] * 3, [False, True, True]])}
+  prompts = decoding.left_pad(PROMPTS)
+  whole = decoding.score_candidates(dec, params, prompts, CANDS, user, chunk=0)
+  chunked = decoding.score_candidates(dec, params, prompts, CANDS, user, chunk=2)
+  np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-5)
+  # The soft prompt is read: without it the scores differ.
+  plain = decoding.score_candidates(dec, params, prompts, CANDS, {}, chunk=0)
+  assert not np.allclose(plain, whole, atol=1e-3)
+
+
 def test_recall_ties_count_against_target():
   scores = np.array([[0.0, 0.0, -1.0], [-3.0, -1.0, -2.0]])
-  hits = ranking.recall_at(scores, np.array([0, 0]), ks=(1, 2))
+  hits = metrics.recall_at(scores, np.array([0, 0]), ks=(1, 2))
   np.testing.assert_array_equal(hits['recall@1'], [0, 0])
   np.testing.assert_array_equal(hits['recall@2'], [1, 0])
+
+
+def test_one_tie_rule_for_recall_at_and_rank_metrics():
+  const = np.zeros((2, 5), np.float32)  # A constant scorer never gets a lucky hit.
+  target = np.array([2, 4])
+  np.testing.assert_array_equal(metrics.recall_at(const, target, ks=(1,))['recall@1'], [0, 0])
+  m = metrics.rank_metrics(jnp.asarray(const), jnp.asarray(target), jnp.zeros((2, 5), bool),
+                           ks=(1, 5), ndcg_k=5)
+  np.testing.assert_array_equal(m['recall@1'], [0, 0])
+  np.testing.assert_array_equal(m['recall@5'], [1, 1])  # Rank 4 of 5: last, not dropped.
+  # Excluded candidates never count, ties or not; numpy and jax inputs agree.
+  excl = np.zeros((2, 5), bool)
+  excl[:, :2] = True
+  np.testing.assert_array_equal(metrics.rank_of_target(const, target, excl), [2, 2])
+  np.testing.assert_array_equal(
+      metrics.rank_of_target(jnp.asarray(const), jnp.asarray(target), jnp.asarray(excl)), [2, 2])

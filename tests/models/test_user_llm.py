@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from user_llm import sampling
+from user_llm import decoding
 from user_llm.models import cross_attention as xattn_lib
 from user_llm.models import gemma as gemma_lib
-from user_llm.models import testing
+from configs import testing
 from user_llm.models import user_encoder as ue
 from user_llm.models import user_llm as ul
 
@@ -18,7 +18,7 @@ U = 5
 
 
 def _model(mode, num_latents=0, lora_rank=0):
-  # FrozenDicts keep the module hashable (sampling.generate takes it as static).
+  # FrozenDicts keep the module hashable (decoding takes it as static).
   enc = ue.UserEncoder(FrozenDict(VOCABS), FrozenDict(item=8, genre=4, rating=4), d_model=16,
                        num_heads=2, mlp_dim=32, max_len=U)
   return ul.UserLLM(testing.tiny_gemma_config(), enc if mode != 'text_prompt' else None,
@@ -112,11 +112,8 @@ def test_cached_generation_with_user_memory_equals_uncached(mode, latents):
         lambda p, x: jnp.float32(0.7) if str(p[-1]).endswith("gate']") else x, params)
   feats, mask = _user()
   user = ul.user_inputs(model, params, feats, mask)
-  prompts = jnp.asarray(sampling.left_pad([[2, 5, 9, 11], [2, 6]]))
-  prefix = user.pop('prefix', None)
-  prefix_mask = user.pop('prefix_mask', None)
-  got = sampling.generate(model, params, prompts, max_new_tokens=8, prefix=prefix,
-                          prefix_mask=prefix_mask, model_kwargs=user, stop_tokens=())
+  prompts = jnp.asarray(decoding.left_pad([[2, 5, 9, 11], [2, 6]]))
+  got = decoding.generate(model, params, prompts, user, max_new_tokens=8, stop_tokens=())
   # Reference: full forwards (encoder included) over a fixed buffer, one compile.
   length = prompts.shape[1]
   seq = jnp.pad(prompts, ((0, 0), (0, 8)))
@@ -138,8 +135,8 @@ def test_bf16_decoder_keeps_its_dtype_through_cross_attention():
   params['decoder'] = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params['decoder'])
   feats, mask = _user()
   user = ul.user_inputs(model, params, feats, mask)
-  out = sampling.generate(model, params, jnp.asarray(sampling.left_pad([[2, 5], [2]])),
-                          max_new_tokens=2, model_kwargs=user, stop_tokens=())
+  out = decoding.generate(model, params, decoding.left_pad([[2, 5], [2]]), user,
+                          max_new_tokens=2, stop_tokens=())
   assert out.shape == (2, 2)
   logits = model.apply({'params': params}, feats, mask, TOKENS, method='forward').logits
   assert logits.dtype == jnp.bfloat16
@@ -154,6 +151,6 @@ def test_bf16_decoder_with_float32_lora_generates():
       params['decoder'])
   feats, mask = _user()
   user = ul.user_inputs(model, params, feats, mask)
-  out = sampling.generate(model, params, jnp.asarray(sampling.left_pad([[2, 5], [2]])),
-                          max_new_tokens=2, model_kwargs=user, stop_tokens=())
+  out = decoding.generate(model, params, decoding.left_pad([[2, 5], [2]]), user,
+                          max_new_tokens=2, stop_tokens=())
   assert out.shape == (2, 2)

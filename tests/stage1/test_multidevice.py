@@ -18,7 +18,7 @@ SCRIPT = r'''
 import jax, numpy as np
 from jax.sharding import PartitionSpec as P
 from configs import movielens_pretrain
-from user_llm import sharding, train
+from user_llm import experiment, sharding, train
 
 assert jax.device_count() == 8, jax.devices()
 
@@ -28,7 +28,7 @@ def one_step(mesh_shape, devices, fusion):
   c.train.batch_size = 8
   c.mesh = list(zip(('data', 'fsdp', 'tensor'), mesh_shape))
   mesh = sharding.make_mesh(c.mesh, devices)
-  exp = train.get_experiment(c, mesh)
+  exp = experiment.build(c, mesh)
   init_rng, rng = jax.random.split(jax.random.key(0))
   setup = train.create_train_state(c, mesh, exp, init_rng)
   state = setup.from_scratch()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from user_llm import testing
-from user_llm import checkpointing, pretrain, train
+from user_llm import checkpointing, experiment, pretrain, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -34,13 +34,13 @@ def test_train_checkpoint_resume_and_init(tiny_config, tmp_path):
   run = str(tmp_path / 'run')
   metrics = train.train_and_evaluate(c, run)
   assert {'recall@1', 'recall@5', 'recall@10', 'ndcg@10', 'acc_item', 'unseen/recall@10',
-          'recall@10_lo', 'recall@10_hi', 'num_users'} <= set(metrics)
+          'recall@10_lo', 'recall@10_hi', 'users'} <= set(metrics)
   assert metrics['recall@10_lo'] <= metrics['recall@10'] <= metrics['recall@10_hi']
   # Excluding the user's past can only move the target up.
   assert metrics['unseen/recall@10'] >= metrics['recall@10']
   with open(os.path.join(run, 'eval_examples.json')) as f:
     examples = json.load(f)
-  assert len(examples['user']) == len(examples['recall@10']) == metrics['num_examples']
+  assert len(examples['user']) == len(examples['recall@10']) == metrics['examples']
   assert np.mean(examples['recall@10']) == pytest.approx(metrics['recall@10'])
   assert sorted(os.listdir(os.path.join(run, 'checkpoints')))[-1] == '4'
   assert any(f.startswith('events') for f in os.listdir(os.path.join(run, 'tb')))
@@ -71,7 +71,7 @@ def test_non_finite_loss_names_the_step(tiny_config, tmp_path, monkeypatch):
       loss, m = super().loss_fn(params, batch, rng)
       return loss * np.nan, m
 
-  monkeypatch.setattr(train, 'get_experiment', NanExperiment)
+  monkeypatch.setattr(experiment, 'build', lambda c, m: NanExperiment(c, m).setup())
   with pytest.raises(FloatingPointError, match='at step 1'):
     train.train_and_evaluate(tiny_config, str(tmp_path))
 

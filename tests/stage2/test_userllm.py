@@ -5,16 +5,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import movielens_userllm
+from configs import testing
+from user_llm import experiment
 from user_llm import generation
 from user_llm import optim
 from user_llm import sharding
 from user_llm import train
-from user_llm import userllm
 
 
-def _config(data, tmp_path, stage1, arg='tiny'):
-  cfg = movielens_userllm.get_config(arg)
+def _config(data, tmp_path, stage1, arg=''):
+  cfg = testing.tiny_userllm_config(arg)
   cfg.data.path = str(data)
   cfg.data.cache_dir = str(tmp_path / 'cache')
   cfg.userllm.encoder_workdir = str(stage1)
@@ -23,7 +23,7 @@ def _config(data, tmp_path, stage1, arg='tiny'):
 
 
 def _exp(cfg):
-  return userllm.UserLLMExperiment(cfg, sharding.make_mesh(cfg.mesh))
+  return experiment.build(cfg, sharding.make_mesh(cfg.mesh))
 
 
 def test_loads_stage1_encoder(tiny_movielens, tmp_path, stage1_workdir):
@@ -35,12 +35,29 @@ def test_loads_stage1_encoder(tiny_movielens, tmp_path, stage1_workdir):
                                    params['user_encoder'], want))
 
 
-def test_mismatched_stage1_encoder_is_named(tiny_movielens, tmp_path, stage1_workdir):
-  cfg = _config(tiny_movielens, tmp_path, stage1_workdir)
-  cfg.encoder.d_model = 24
-  exp = _exp(cfg)
-  with pytest.raises(ValueError, match=r'does not match config.encoder: first mismatch at user_encoder/'):
+def test_encoder_is_built_from_the_stage1_config(tiny_movielens, tmp_path, stage1_workdir):
+  """Stage 2 copies no encoder config: the architecture is the stage-1 run's config.json,
+  and a checkpoint that does not fit it, or too few positions, is named."""
+  import json
+  import shutil
+  s1 = json.loads((stage1_workdir / 'config.json').read_text())
+  exp = _exp(_config(tiny_movielens, tmp_path, stage1_workdir))
+  assert exp.model.user_encoder.d_model == s1['model']['d_model']
+  assert exp.model.user_encoder.max_len == s1['data']['seq_len']
+  edited = tmp_path / 'edited_stage1'
+  shutil.copytree(stage1_workdir, edited)
+  s1['model']['d_model'] = 24
+  (edited / 'config.json').write_text(json.dumps(s1))
+  exp = _exp(_config(tiny_movielens, tmp_path, edited))
+  with pytest.raises(ValueError, match=r'first mismatch at user_encoder/'):
     exp.load_pretrained(exp.init_params(jax.random.PRNGKey(0)))
+  cfg = _config(tiny_movielens, tmp_path, stage1_workdir)
+  cfg.data.seq_len = s1['data']['seq_len'] + 1
+  with pytest.raises(ValueError, match='has positions for'):
+    _exp(cfg)
+  cfg.userllm.encoder_workdir = str(tmp_path / 'nowhere')
+  with pytest.raises(FileNotFoundError, match='no config.json'):
+    _exp(cfg)
 
 
 @pytest.mark.parametrize('strategy,trained', [
@@ -50,10 +67,11 @@ def test_mismatched_stage1_encoder_is_named(tiny_movielens, tmp_path, stage1_wor
     ('full', {'user_encoder', 'projection', 'cross_attention', 'decoder'}),
 ])
 def test_strategies_freeze_by_path(tiny_movielens, tmp_path, stage1_workdir, strategy, trained):
-  cfg = _config(tiny_movielens, tmp_path, stage1_workdir, f'tiny,strategy={strategy}')
+  cfg = _config(tiny_movielens, tmp_path, stage1_workdir, f'strategy={strategy}')
   exp = _exp(cfg)
   params = jax.eval_shape(exp.init_params, jax.random.PRNGKey(0))
-  labels = optim.labels(params, cfg.train.freeze)
+  labels = optim.labels(params, exp.freeze_rules)
+  assert list(cfg.train.freeze) == []  # The rules are derived, never written back.
   got = set()
   for path, label in jax.tree_util.tree_flatten_with_path(labels)[0]:
     p = sharding.path_str(path)
@@ -62,14 +80,14 @@ def test_strategies_freeze_by_path(tiny_movielens, tmp_path, stage1_workdir, str
               else p.split('/')[0])
   assert got == trained
   # Frozen params carry no optimizer state.
-  tx = optim.make(cfg.train, params)
+  tx = optim.make(cfg.train, params, exp.freeze_rules)
   n_state = sum(x.size for x in jax.tree.leaves(jax.eval_shape(tx.init, params)))
   n_trained = sum(x.size for x, l in zip(jax.tree.leaves(params), jax.tree.leaves(labels))
                   if l == 'adamw')
   assert n_state <= 2 * n_trained + 16
 
 
-@pytest.mark.parametrize('arg', ['tiny', 'tiny,mode=soft_prompt,latents=4', 'tiny,mode=text_prompt,strategy=lora'])
+@pytest.mark.parametrize('arg', ['', 'mode=soft_prompt,latents=4', 'mode=text_prompt,strategy=lora'])
 def test_train_eval_resume(tiny_movielens, tmp_path, stage1_workdir, arg):
   cfg = _config(tiny_movielens, tmp_path, stage1_workdir, arg)
   cfg.train.num_steps = 2
@@ -120,7 +138,7 @@ def test_review_generation_rouge(tiny_movielens, tmp_path, stage1_workdir):
   assert 0.0 <= metrics['review/rougeLsum'] <= 1.0
 
 
-@pytest.mark.parametrize('arg', ['tiny', 'tiny,mode=soft_prompt,latents=4'])
+@pytest.mark.parametrize('arg', ['', 'mode=soft_prompt,latents=4'])
 def test_trimmed_batch_has_the_same_loss(tiny_movielens, tmp_path, stage1_workdir, arg):
   """Cutting padding and packing answer positions (trim_batch) changes no number."""
   cfg = _config(tiny_movielens, tmp_path, stage1_workdir, arg)
@@ -130,8 +148,8 @@ def test_trimmed_batch_has_the_same_loss(tiny_movielens, tmp_path, stage1_workdi
   rng = jax.random.PRNGKey(1)
   for task in ('next_item', 'fav_genre'):
     kw = dict(batch_size=4, seed=0)
-    full = next(iter(exp._dataset('train', task, trim_multiple=0, **kw)))
-    cut = next(iter(exp._dataset('train', task, trim_multiple=8, **kw)))
+    full = next(iter(exp.dataset('train', task, trim_multiple=0, **kw)))
+    cut = next(iter(exp.dataset('train', task, trim_multiple=8, **kw)))
     assert cut['tokens'].shape[1] < full['tokens'].shape[1]
     (l1, m1), (l2, m2) = exp.loss_fn(params, full, rng), exp.loss_fn(params, cut, rng)
     np.testing.assert_allclose(l1, l2, rtol=1e-5)

@@ -25,7 +25,8 @@ from gemma import gm
 import jax
 import jax.numpy as jnp
 
-_NEG = -2.3819763e38  # gm's K_MASK.
+from user_llm.models import gemma as gemma_lib
+
 _init = nn.initializers.normal(0.02)
 
 MemoryKV = dict[str, tuple[jax.Array, jax.Array]]
@@ -58,7 +59,7 @@ class MultiHeadCrossAttention(nn.Module):
     k, v = kv
     q = self._query_norm(jnp.einsum('BTD,NDH->BTNH', x, self.q_w.astype(x.dtype)))
     logits = jnp.einsum('BTNH,BSNH->BTNS', q * self.head_dim**-0.5, k.astype(x.dtype))
-    logits = jnp.where(memory_mask[:, None, None, :], logits, _NEG)
+    logits = jnp.where(memory_mask[:, None, None, :], logits, gemma_lib.NEG_INF)
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(x.dtype)
     # A row whose memory is all padding attends to nothing rather than uniformly.
     probs = probs * memory_mask.any(-1)[:, None, None, None]

@@ -26,6 +26,12 @@ import jax.numpy as jnp
 LayerHook = Callable[[int, jax.Array], jax.Array]
 Cache = dict[str, dict[str, jax.Array]]
 
+# The one "minus infinity" of the project: gm's attention mask value (`K_MASK`, private
+# in gemma/gm/nn/_modules.py; tests/models/test_gemma.py checks they agree). Finite in
+# float32 and bfloat16 (max ~3.39e38), so a fully masked softmax row stays uniform
+# instead of NaN, and masked scores never win a ranking.
+NEG_INF = -2.3819763e38
+
 
 def gemma_config(name: str) -> gm.nn.config.TransformerConfig:
   """The `TransformerConfig` of a `gm.nn` model class, e.g. 'Gemma3_270M'."""

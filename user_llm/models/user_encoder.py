@@ -17,12 +17,14 @@ Parameter tree of `UserEncoderLM` (names are an API, stage 2 loads `user_encoder
 
 from collections.abc import Mapping, Sequence
 
+from flax.core import FrozenDict
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from user_llm.models import gemma as gemma_lib
+
 Array = jax.Array
-_NEG_INF = -1e9  # Finite, so fully masked rows give a uniform softmax, not NaN.
 
 
 class MultiHeadAttention(nn.Module):
@@ -49,7 +51,7 @@ class MultiHeadAttention(nn.Module):
     k = jnp.einsum('BSD,DNH->BSNH', x, w_k.astype(self.dtype))
     v = jnp.einsum('BSD,DNH->BSNH', x, w_v.astype(self.dtype))
     logits = jnp.einsum('BUNH,BSNH->BNUS', q, k) / jnp.sqrt(self.head_dim).astype(self.dtype)
-    logits = jnp.where(attn_mask[:, None], logits.astype(jnp.float32), _NEG_INF)
+    logits = jnp.where(attn_mask[:, None], logits.astype(jnp.float32), gemma_lib.NEG_INF)
     probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     out = jnp.einsum('BNUS,BSNH->BUNH', probs, v)
     return jnp.einsum('BUNH,NHD->BUD', out, w_o.astype(self.dtype))
@@ -176,6 +178,29 @@ class UserEncoder(nn.Module):
         outs.append(self._transformer(f'tower_{f}')(x, mask, train))
       return nn.Dense(self.d_model, name='combine', **kw)(jnp.concatenate(outs, axis=-1))
     raise ValueError(f'Unknown fusion {self.fusion!r}, expected early|late.')
+
+
+def encoder_from_config(mc, vocab_sizes: Mapping[str, int], max_len: int, causal: bool = True,
+                        dropout: float | None = None) -> UserEncoder:
+  """A `UserEncoder` from a stage-1 `config.model` (configs/movielens_pretrain.py).
+
+  The one place those fields become module arguments: stage 1 builds its encoder
+  here, and stage 2 builds the same one from the stage-1 run's config.json.
+
+  Args:
+    mc: config.model (fusion, d_model, num_layers, num_heads, mlp_dim, embed_dims,
+      dropout, dtype).
+    vocab_sizes: feature -> vocabulary size; the encoder embeds exactly these features.
+    max_len: positions of the encoder (the stage-1 run's window length).
+    causal: AR (True) or bidirectional (Bert4Rec).
+    dropout: overrides mc.dropout (stage 2 reads the encoder without dropout).
+  """
+  return UserEncoder(
+      FrozenDict(vocab_sizes), FrozenDict({f: mc.embed_dims[f] for f in vocab_sizes}),
+      d_model=mc.d_model, num_layers=mc.num_layers, num_heads=mc.num_heads,
+      mlp_dim=mc.mlp_dim, max_len=max_len, fusion=mc.fusion, causal=causal,
+      dropout=mc.dropout if dropout is None else dropout,
+      dtype=jnp.dtype(mc.get('dtype', 'float32')))
 
 
 class NextEventHeads(nn.Module):

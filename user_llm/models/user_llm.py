@@ -85,7 +85,7 @@ class UserLLM(nn.Module):
           num_heads=cfg.num_heads, head_dim=cfg.head_dim, hidden_dim=cfg.hidden_dim)
 
   @property
-  def config(self):  # What `sampling.generate` reads to size the KV cache.
+  def config(self):  # What `decoding.prefill` reads to size the KV cache.
     return self.decoder_config
 
   def user_memory(self, features: Mapping[str, jax.Array], mask: jax.Array):
@@ -167,8 +167,8 @@ class UserLLM(nn.Module):
 def user_inputs(model: UserLLM, params, features, mask) -> dict[str, Any]:
   """The per-user inputs of every later decoder call, computed once.
 
-  Returns the keyword arguments for `UserLLM.__call__` (and `sampling.generate`'s
-  `prefix`/`model_kwargs`): {} for text_prompt, {'prefix', 'prefix_mask'} for
+  Returns the keyword arguments for `UserLLM.__call__` (and the `user` of
+  `user_llm.decoding`): {} for text_prompt, {'prefix', 'prefix_mask'} for
   soft_prompt, {'memory_kv', 'memory_mask'} for cross_attention.
   """
   if model.mode == 'text_prompt':

@@ -7,9 +7,10 @@ same executable is timed, so what is counted is what runs.
 Functions per method and history length (U events):
   user_side:    features -> `user_llm.user_inputs` (encoder, projection, Perceiver,
                 cross-attention memory K/V); none for the text prompt.
-  prefill:      prompt [+ soft-prompt prefix] into a fresh `gm` KV cache sized for
-                prompt + T new tokens (as `sampling.generate` does), last logits.
-  decode_step:  one token against that cache (cache donated, as in a real loop).
+  prefill:      `user_llm.decoding.prefill`: prompt [+ soft-prompt prefix] into a
+                fresh `gm` KV cache sized for prompt + T new tokens, last logits.
+  decode_step:  one token against that cache (`decoding.extend`, the step of
+                `decoding.sample`; cache donated, as in a real loop).
   cached_query: a repeat query of a user whose context is already cached: the
                 question tokens against a KV cache that holds the context (text
                 history or soft prompt + BOS); for cross-attention the per-user
@@ -30,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from user_llm import decoding
 from user_llm.models import gemma as gemma_lib
 from user_llm.models import user_llm as ul
 
@@ -47,7 +49,8 @@ class Cost:
   note: str = ''  # why not run, when not run.
 
 
-def _flops(compiled) -> float:
+def xla_flops(compiled) -> float:
+  """FLOPs of a compiled executable, from XLA's cost analysis."""
   ca = compiled.cost_analysis()
   if isinstance(ca, (list, tuple)):  # Older jax returns one dict per device.
     ca = ca[0]
@@ -115,7 +118,7 @@ def compile_fn(fn: Callable, args: tuple, donate: tuple[int, ...] = (), key=None
     compiled = jax.jit(fn, donate_argnums=donate).lower(*args).compile()
     if memo:
       _COMPILED[memo] = compiled
-  return compiled, Cost(_flops(compiled), _peak_bytes(compiled))
+  return compiled, Cost(xla_flops(compiled), _peak_bytes(compiled))
 
 
 def time_calls(call: Callable[[], Any], runs: int, warmup: bool) -> list[float]:
@@ -185,42 +188,24 @@ def user_side_fn(model: ul.UserLLM) -> Callable:
   return lambda params, feats, mask: ul.user_inputs(model, params, feats, mask)
 
 
-def _prefill_core(model, params, tokens, user_kw, max_new_tokens):
-  """The prefill of `sampling.generate`: prompt [+ prefix] into a fresh cache."""
-  batch = tokens.shape[0]
-  input_mask = tokens != 0
-  prefix = user_kw.get('prefix')
-  if prefix is not None:
-    input_mask = jnp.concatenate([user_kw['prefix_mask'], input_mask], axis=1)
-  pre_len = input_mask.shape[1]
-  cache = gemma_lib.init_cache(model.decoder_config, batch, pre_len + max_new_tokens)
-  positions = gemma_lib.positions_from_mask(input_mask)
-  mask = gemma_lib.prefix_lm_mask(input_mask, 0 if prefix is None else prefix.shape[1])
-  mask = jnp.pad(mask, ((0, 0), (0, 0), (0, max_new_tokens)))
-  out = model.apply({'params': params}, tokens, input_mask=tokens != 0, positions=positions,
-                    attention_mask=mask, cache=cache, last_only=True, **user_kw)
-  slot_valid = jnp.pad(input_mask, ((0, 0), (0, max_new_tokens)))
-  return out.logits, out.cache, slot_valid, positions[:, -1]
-
-
 def prefill_fn(model: ul.UserLLM, max_new_tokens: int) -> Callable:
-  return lambda params, tokens, user_kw: _prefill_core(
-      model, params, tokens, user_kw, max_new_tokens)
+  """(params, tokens, user_kw) -> (logits, cache, slot mask [B, S], last position)."""
+  def prefill(params, tokens, user_kw):
+    ctx = decoding.prefill(model, params, tokens, user_kw, max_new_tokens)
+    return ctx.logits, ctx.cache, ctx.slot_mask(), ctx.last_pos
+  return prefill
 
 
 def decode_step_fn(model: ul.UserLLM) -> Callable:
   """(params, cache, step_inputs, user_kw) -> (logits, cache); one greedy step.
 
-  step_inputs = (token int[B], slot_valid bool[B, S], pos int[B], slot int[]).
+  step_inputs = (token int[B], slot mask bool[B, S] of the filled slots, last
+  position int[B]); the token goes to the cache's `end_index` slot.
   """
-  dec_kw = lambda kw: {k: v for k, v in kw.items() if k in ('memory_kv', 'memory_mask')}
-
   def step(params, cache, step_inputs, user_kw):
-    token, slot_valid, pos, slot = step_inputs
-    slot_valid = slot_valid.at[:, slot].set(True)
-    out = model.apply({'params': params}, token[:, None], input_mask=jnp.ones_like(
-        token[:, None], bool), positions=(pos + 1)[:, None],
-        attention_mask=slot_valid[:, None, :], cache=cache, last_only=True, **dec_kw(user_kw))
+    token, slot_mask, pos = step_inputs
+    out = decoding.extend(model, params, cache, token[:, None], slot_mask, pos,
+                          decoding.memory_inputs(user_kw), last_only=True)
     return out.logits, out.cache
   return step
 
@@ -232,18 +217,13 @@ def cached_query_fn(model: ul.UserLLM) -> Callable:
   `end_index` is C; the query attends to those slots and causally to itself.
   """
   def query(params, tokens, cache, user_kw):
-    batch, length = tokens.shape
+    batch = tokens.shape[0]
     c = cache['layer_0']['end_index'][0]
     size = cache['layer_0']['k'].shape[1]
-    slots = jnp.arange(size)
-    qpos = c + jnp.arange(length)
-    mask = (slots[None, :] < c) | ((slots[None, :] >= c) & (slots[None, :] <= qpos[:, None]))
-    mask = jnp.broadcast_to(mask[None], (batch, length, size))
-    positions = jnp.broadcast_to(qpos[None], (batch, length)).astype(jnp.int32)
-    kw = {k: v for k, v in user_kw.items() if k in ('memory_kv', 'memory_mask')}
-    out = model.apply({'params': params}, tokens, input_mask=tokens != 0, positions=positions,
-                      attention_mask=mask, cache=cache, last_only=True, **kw)
-    return out.logits
+    slot_mask = jnp.broadcast_to(jnp.arange(size)[None] < c, (batch, size))
+    last_pos = jnp.full((batch,), c - 1, jnp.int32)
+    return decoding.extend(model, params, cache, tokens, slot_mask, last_pos,
+                           decoding.memory_inputs(user_kw), last_only=True).logits
   return query
 
 
@@ -302,12 +282,12 @@ def measure_cell(model: ul.UserLLM, params, feats, mask, prompt: np.ndarray,
   slot = size
   size += max_new_tokens
   if out['prefill'].seconds is not None:
-    _, cache, slot_valid, last_pos = keep[0](params, tokens, user_kw)
+    _, cache, slot_mask, last_pos = keep[0](params, tokens, user_kw)
   else:
     cache = filled_cache(model.decoder_config, batch, slot, size)
-    slot_valid = jnp.arange(size)[None].repeat(batch, 0) < slot
+    slot_mask = jnp.arange(size)[None].repeat(batch, 0) < slot
     last_pos = jnp.full((batch,), slot - 1, jnp.int32)
-  step_in = (jnp.ones((batch,), jnp.int32), slot_valid, last_pos, jnp.int32(slot))
+  step_in = (jnp.ones((batch,), jnp.int32), slot_mask, last_pos)
   copy = lambda: (params, jax.tree.map(jnp.copy, cache), step_in, user_kw)
   out['decode_step'] = measure(decode_step_fn(model), copy(), timer, make_args=copy,
                                donate=(1,), repeat=max_new_tokens,

@@ -1,0 +1,55 @@
+"""Tiny test-only variants of the configs (a random 4-layer Gemma, a byte tokenizer).
+
+Not a launch config: tests call these functions; production configs carry no
+test branches.
+"""
+
+from gemma import gm
+import ml_collections
+
+from configs import movielens_userllm
+
+
+def tiny_gemma_config(num_layers: int = 4, vocab: int = 64) -> gm.nn.config.TransformerConfig:
+  """A 4-layer Gemma 3 look-alike: GQA (4 query, 2 kv heads), qk-norm, 1 global : 1 local."""
+  local, glob = gm.nn.AttentionType.LOCAL_SLIDING, gm.nn.AttentionType.GLOBAL
+  return gm.nn.config.TransformerConfig(
+      final_logit_softcap=None,
+      num_embed=vocab,
+      embed_dim=32,
+      hidden_dim=64,
+      num_heads=4,
+      head_dim=8,
+      num_kv_heads=2,
+      use_post_attn_norm=True,
+      use_post_ffw_norm=True,
+      use_qk_norm=True,
+      attention_types=gm.nn.config.make_attention_layers_types(
+          (local, glob), num_layers=num_layers
+      ),
+      sliding_window_size=4,
+      transpose_gating_einsum=True,
+      local_base_frequency=10_000,
+      global_base_frequency=1_000_000,
+  )
+
+
+def tiny_gemma_for_bytes() -> gm.nn.config.TransformerConfig:
+  """`tiny_gemma_config` with room for `data_pipelines.tokenizer.ByteTokenizer` ids."""
+  return tiny_gemma_config(vocab=260)
+
+
+def tiny_userllm_config(arg: str = '') -> ml_collections.ConfigDict:
+  """configs/movielens_userllm.py:runlocal,ARG on the tiny Gemma, the byte tokenizer and
+  8-event windows (the length of configs/movielens_pretrain.py:runlocal's encoder)."""
+  c = movielens_userllm.get_config(','.join(filter(None, ['runlocal', arg])))
+  c.data.seq_len = 8
+  c.data.max_prompt_tokens = 24 * 8 + 64 if c.userllm.mode == 'text_prompt' else 32
+  c.data.max_answer_tokens = 16
+  c.llm.model = 'configs.testing:tiny_gemma_for_bytes'
+  c.llm.pretrained = False
+  c.llm.tokenizer = 'bytes'
+  c.llm.param_dtype = 'float32'
+  c.userllm.xattn_every = 2
+  c.userllm.lora_rank = 2
+  return c

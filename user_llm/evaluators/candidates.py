@@ -1,0 +1,87 @@
+"""Stage 2: rank candidate answers by the LLM's likelihood (next item, favourite genre).
+
+Each candidate answer (its tokens + EOS) is scored by log p(answer | user, prompt)
+(`user_llm.decoding.score_candidates`: the prompt is prefilled once per example).
+- 'fav_genre': every genre name of the catalogue; Recall@1.
+- 'next_item': the true next item and `config.eval.num_candidates - 1` catalogue items
+  drawn uniformly without replacement (fixed per example by `config.eval.seed`), a
+  sampled-candidates protocol because scoring all 9.7k MovieLens titles per user is
+  out of reach on CPU (`num_candidates=0` ranks the full catalogue); Recall@K.
+"""
+
+import numpy as np
+
+import data_pipelines
+from user_llm import decoding
+from user_llm import metrics
+from user_llm.evaluators import common
+
+TASKS = ('next_item', 'fav_genre')
+
+
+def sample_negatives(rng: np.random.Generator, targets: np.ndarray, num_items: int,
+                     num_candidates: int) -> np.ndarray:
+  """int[B, C-1] item ids drawn uniformly without replacement, never the target.
+
+  Reserved ids (pad/OOV) are never drawn; num_candidates 0 = every other item. Draws
+  in row order from `rng`, so a reference model can rebuild the same candidates.
+  """
+  first = data_pipelines.NUM_RESERVED
+  n = num_candidates or (num_items - first)
+  out = []
+  for t in targets:
+    pool = np.setdiff1d(np.arange(first, num_items), [t])
+    out.append(rng.choice(pool, size=min(n - 1, len(pool)), replace=False))
+  return np.asarray(out, np.int32)
+
+
+class CandidateRanking:
+  """Recall@K of the true answer among candidate answers (see module docstring)."""
+
+  def __init__(self, exp, task: str):
+    """Args: exp: a set-up `UserLLMExperiment`; task: one of TASKS."""
+    if task not in TASKS:
+      raise ValueError(f'CandidateRanking scores {TASKS}, not {task!r}.')
+    self.exp, self.task = exp, task
+    self.ks = (1,) if task == 'fav_genre' else tuple(exp.config.eval.ks)
+
+  def candidates(self, batch, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(int32[B, C, A] candidate answers, int32[B] index of the true one)."""
+    exp = self.exp
+    a, eos = exp.config.data.max_answer_tokens, exp.tokenizer.eos_id
+    enc = lambda text: (exp.tokenizer.encode(text)[:a - 1] + [eos])
+    b = len(batch['target'])
+    first = data_pipelines.NUM_RESERVED
+    if self.task == 'fav_genre':
+      names = exp.prepared.genres[first:]
+      cands = [[enc(n) for n in names]] * b
+      target = np.maximum(batch['target'] - first, 0)  # OOV genre -> scored as index 0.
+    else:
+      names = exp.prepared.catalogue.names
+      negatives = sample_negatives(rng, batch['target'], len(names),
+                                   exp.config.eval.num_candidates)
+      cands, target = [], np.zeros(b, np.int32)
+      for i in range(b):
+        p = int(batch['prompt_len'][i])
+        true = [t for t in batch['tokens'][i, p:p + a].tolist() if t != 0]
+        cands.append([true] + [enc(names[j]) for j in negatives[i]])
+    out = np.zeros((b, len(cands[0]), a), np.int32)
+    for i, row in enumerate(cands):
+      for j, c in enumerate(row):
+        out[i, j, :len(c)] = c
+    return out, target.astype(np.int32)
+
+  def run(self, params) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """(metrics '{task}/recall@K' with CIs, per-example columns)."""
+    exp = self.exp
+    rng = np.random.default_rng(exp.config.eval.seed)
+    cols = common.Columns()
+    for batch in common.test_batches(exp, self.task):
+      prompts, user = common.llm_inputs(exp, params, batch)
+      cands, target = self.candidates(batch, rng)
+      scores = decoding.score_candidates(exp.model, params, prompts, cands, user,
+                                         chunk=exp.config.eval.candidate_chunk)
+      cols.add(batch['example_mask'], user=batch['user'],
+               **metrics.recall_at(scores, target, self.ks))
+    examples = cols.arrays()
+    return common.summarise(examples, prefix=f'{self.task}/'), examples
