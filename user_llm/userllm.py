@@ -27,6 +27,7 @@ import os
 import time
 
 from gemma import gm
+from gemma import peft
 import grain
 import jax
 import jax.numpy as jnp
@@ -166,9 +167,8 @@ class UserLLMExperiment(experiment_lib.Experiment):
     dtype = jnp.dtype(self.config.llm.param_dtype)
     if not self.config.llm.pretrained:  # A random decoder (tests, smoke runs).
       params = self.model.init(rng, *self._dummy(), method='init_all')['params']
-      params['decoder'] = jax.tree_util.tree_map_with_path(
-          lambda p, x: x if 'lora' in jax.tree_util.keystr(p) else x.astype(dtype),
-          params['decoder'])
+      base, lora = peft.split_params(params['decoder'])  # LoRA adapters stay float32.
+      params['decoder'] = peft.merge_params(jax.tree.map(lambda x: x.astype(dtype), base), lora)
       return params
     # The pretrained decoder is filled by `load_pretrained` (or a restore), so it is
     # never randomly initialised: drawing a random 262k x D embedding in float32 was
@@ -180,20 +180,21 @@ class UserLLMExperiment(experiment_lib.Experiment):
     params = small.init(rng, *self._dummy(), method='init_all')['params']
     shapes = jax.eval_shape(
         lambda r: self.model.init(r, *self._dummy(), method='init_all')['params'], rng)
-    lora = {jax.tree_util.keystr(p): x
-            for p, x in jax.tree_util.tree_flatten_with_path(params['decoder'])[0]
-            if 'lora' in jax.tree_util.keystr(p)}
-    params['decoder'] = jax.tree_util.tree_map_with_path(
-        lambda p, s: lora.get(jax.tree_util.keystr(p), None) if 'lora' in jax.tree_util.keystr(p)
-        else jnp.zeros(s.shape, dtype), shapes['decoder'])
+    params['decoder'] = peft.merge_params(
+        jax.tree.map(lambda s: jnp.zeros(s.shape, dtype),
+                     peft.split_params(shapes['decoder']).original),
+        peft.split_params(params['decoder']).lora)
     return params
 
   def load_pretrained(self, params):
     init, params = params, dict(params)
     if self.config.llm.pretrained:
+      # Straight into the decoder's dtype and shardings (gm.ckpts.load_params).
+      target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                            init['decoder'])
       gemma = gemma_loader.load_params(self._params_dir, self.decoder_config,
-                                       self.config.llm.param_dtype)
-      params['decoder'] = _merge(params['decoder'], gemma, 'decoder')
+                                       self.config.llm.param_dtype, target=target)
+      params['decoder'] = peft.merge_params(gemma, peft.split_params(params['decoder']).lora)
     uc = self.config.userllm
     if self.mode != 'text_prompt' and not uc.random_encoder:
       enc = checkpointing.load_params(uc.encoder_workdir, subtree='user_encoder')
@@ -271,11 +272,3 @@ class UserLLMExperiment(experiment_lib.Experiment):
 
   def eval_examples(self):
     return getattr(self, '_eval_examples', None)
-
-
-def _merge(init, loaded, name):
-  """`loaded` into `init` (LoRA leaves missing from a plain checkpoint keep init)."""
-  if isinstance(init, dict):
-    return {k: (_merge(v, loaded[k], f'{name}/{k}') if k in loaded else v)
-            for k, v in init.items()}
-  return loaded

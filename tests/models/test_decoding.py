@@ -11,12 +11,7 @@ from user_llm.models import gemma as gemma_lib
 from configs import testing
 
 
-def _decoder():
-  cfg = testing.tiny_gemma_config()
-  dec = gemma_lib.GemmaDecoder(cfg)
-  params = dec.init(jax.random.PRNGKey(0), jnp.ones((1, 4), jnp.int32))['params']
-  params = jax.tree.map(lambda x: x + 0.2 * jax.random.normal(jax.random.PRNGKey(1), x.shape), params)
-  return cfg, dec, params
+_decoder = testing.tiny_decoder
 
 
 @pytest.mark.parametrize('method', [gm.text.Greedy(), gm.text.RandomSampling(temperature=1.0)])

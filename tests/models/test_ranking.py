@@ -13,12 +13,7 @@ CANDS = np.array([[[7, 8, 1], [9, 1, 0], [3, 3, 1]], [[4, 1, 0], [7, 8, 1], [5, 
 PROMPTS = [[2, 5, 9, 11], [2, 6]]
 
 
-def _decoder():
-  cfg = testing.tiny_gemma_config()
-  dec = gemma_lib.GemmaDecoder(cfg)
-  params = dec.init(jax.random.PRNGKey(0), jnp.ones((1, 4), jnp.int32))['params']
-  params = jax.tree.map(lambda x: x + 0.2 * jax.random.normal(jax.random.PRNGKey(1), x.shape), params)
-  return cfg, dec, params
+_decoder = testing.tiny_decoder
 
 
 def test_scores_equal_full_sequence_log_likelihood():
