@@ -8,6 +8,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from launch import common
 from user_llm import generation
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A stage-2 (userllm) launch.main workdir.')
@@ -22,6 +23,7 @@ flags.mark_flags_as_required(['workdir', 'user_id', 'prompt'])
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
+  common.enable_compilation_cache()
   exp, params = generation.load_run(_WORKDIR.value)
   answers = generation.answer(exp, params, _USER.value, _PROMPT.value, _MAX.value,
                               _TEMP.value, _TOPK.value)

@@ -11,6 +11,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from launch import common
 from user_llm import train
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -29,6 +30,7 @@ def main(argv):
   logging.info('JAX process %d/%d, local devices: %s', jax.process_index(),
                jax.process_count(), jax.local_devices())
   logging.info('Config:\n%s', _CONFIG.value)
+  logging.info('JAX compilation cache: %s', common.enable_compilation_cache())
   train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
