@@ -3,10 +3,10 @@ r"""Throughput of the stage-2 Grain pipeline (examples/s) on ml-latest-small.
   python -m benchmarks.data_throughput --data_path ../shared/data/ml-latest-small \
       [--tokenizer_path DIR/tokenizer.model] [--batch_size 16] [--num_batches 200]
 
-Measures next_item batches at seq_len 50 with and without the text-prompt history
-(text mode: max_prompt_tokens 1280, which holds the p95 history of 50 events with
-the Gemma tokenizer), in this process (no Grain worker processes), after 5 warm-up
-batches. Preprocessing is cached and not timed.
+Measures next_item batches at history_len 50 (events before the target) with and
+without the text-prompt history (text mode: max_prompt_tokens 1280, which holds the
+p95 history of 50 events with the Gemma tokenizer), in this process (no Grain worker
+processes), after 5 warm-up batches. Preprocessing is cached and not timed.
 """
 
 import time
@@ -45,7 +45,7 @@ def main(argv):
   config = data_pipelines.default_data_config('movielens', _PATH.value)
   prepared = data_pipelines.prepare(config)
   tokenizer = data_pipelines.make_tokenizer(_TOKENIZER.value)
-  print(f'tokenizer: {type(tokenizer).__name__}, batch {_BATCH.value}, seq_len 50')
+  print(f'tokenizer: {type(tokenizer).__name__}, batch {_BATCH.value}, history_len 50')
   print('| task | text_prompt | examples/s |')
   print('|---|---|---|')
   for task in _TASKS.value:

@@ -94,7 +94,7 @@ def user_data(prepared, tokenizer, lengths, max_new_tokens) -> UserData:
   for u in lengths:
     out = {}
     for text, ex in examples.items():
-      ex.seq_len = u  # Widen the pipeline's window to U history events.
+      ex.history_len = u  # Widen the pipeline's window to U history events.
       b = ex(np.array([user, longest, 0]))
       out[text] = b['tokens'][:int(b['prompt_len'])]
     feats = {f: jnp.asarray(b[f][None]) for f in FEATURES}

@@ -13,7 +13,7 @@ per test target) stays in the workdir and feeds the tables:
 - every figure is the mean over seeds of the per-target value, with a 95%
   bootstrap CI over users (user_llm/stats.py);
 - protocol (c), 'full_window', is the subset of protocol (a)'s test targets whose
-  user has >= seq_len + 2 events (the 373 users of stage 2; same model, same
+  user has >= history_len + 2 events (the 373 users of stage 2; same model, same
   target, same history), so it needs no runs of its own;
 - paired differences (AR early fusion minus another row, same targets) say whether
   two rows can be told apart.
@@ -40,7 +40,7 @@ ROWS = {  # row -> (label, config arg)
     'popularity': ('Popularity', 'model=popularity'),
 }
 PROTOCOLS = ('standard', 'multi_target')
-SEQ_LEN = 50
+HISTORY_LEN = 50  # config.data.history_len of the runs (events before a target).
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS_DIR = os.path.join(ROOT, 'benchmarks', 'stage1_runs')
 _PROGRESS = re.compile(r'(step \d+/\d+ .*|eval step \d+)')
@@ -161,7 +161,7 @@ def report(rows: list[str], seeds: list[int], protocols: list[str]) -> str:
             'multi_target': '(b) multi-target: last 5 events of every user'}[protocol]
     out += table(protocol, examples, results, f'Protocol {name}')
     if protocol == 'standard':
-      full = {r: (subset(ex, ex['num_events'] >= SEQ_LEN + 2) if ex is not None else None)
+      full = {r: (subset(ex, ex['num_events'] >= HISTORY_LEN + 2) if ex is not None else None)
               for r, ex in examples.items()}
       out += table('full_window', full, results,
                     '(c) full 50-event windows (users with >= 52 events; subset of (a))')

@@ -15,12 +15,12 @@ import os
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 import data_pipelines as dp
 from configs import movielens_pretrain
 from user_llm import checkpointing
+from user_llm import experiment
 from user_llm import probe
 from user_llm import pretrain
 from user_llm import sharding
@@ -30,8 +30,7 @@ _COL = {c: i for i, c in enumerate(dp.COLUMNS)}  # Columns of a stored timeline.
 
 def load_experiment(wd: str) -> pretrain.PretrainExperiment:
   """The run's experiment, on stage 2's windows (same vocabulary, see data_pipelines)."""
-  with open(os.path.join(wd, 'config.json')) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = experiment.read_config(os.path.join(wd, 'config.json'))
   movielens_pretrain.set_protocol(config, 'full_window')
   config.data.stride = 1
   return pretrain.PretrainExperiment(config, sharding.make_mesh(config.mesh))
@@ -54,16 +53,16 @@ def labels_and_bag(prepared, rows: np.ndarray):
   """Favourite genre of the history, next-event genre, bag of all genres [N, G]."""
   genre_vocab = prepared.vocabs['genre']
   all_genres = prepared.catalogue.all_genres
-  seq_len = prepared.seq_len
+  history_len = prepared.history_len
   fav, nxt, bag = [], [], np.zeros((len(rows), genre_vocab.size), np.float32)
   for i, (u, t, _) in enumerate(rows):
     table, _, _ = prepared.timeline(int(u))
-    hist = [all_genres[j] for j in table[t - seq_len:t, _COL['item_index']]]
+    hist = [all_genres[j] for j in table[t - history_len:t, _COL['item_index']]]
     fav.append(genre_vocab.id(dp.favourite_genre(hist)))
     nxt.append(table[t, _COL['genre']])
     for gs in hist:
       for g in genre_vocab.ids(gs):
-        bag[i, g] += 1.0 / seq_len
+        bag[i, g] += 1.0 / history_len
   return np.asarray(fav), np.asarray(nxt), bag
 
 

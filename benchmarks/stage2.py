@@ -47,7 +47,7 @@ _BATCH = flags.DEFINE_integer('batch_size', 8, 'Global train batch.')
 _EVAL_BATCHES = flags.DEFINE_integer('eval_batches', -1, 'Test batches of 4 users per task; -1 = all.')
 _BUDGET_ROW = flags.DEFINE_string('budget_row', 'xattn', 'Row whose training FLOPs the LoRA row gets.')
 _CANDIDATES = flags.DEFINE_integer('num_candidates', 20, 'Next-item candidates.')
-_SEQ_LEN = flags.DEFINE_integer('seq_len', 50, 'History events.')
+_HISTORY_LEN = flags.DEFINE_integer('history_len', 50, 'History events before a target.')
 _WORKROOT = flags.DEFINE_string('workroot', 'workdirs/stage2_bench', 'Per-row workdirs.')
 _JSONL = flags.DEFINE_string('jsonl', 'benchmarks/stage2_results.jsonl', 'Row results.')
 _OUT = flags.DEFINE_string('out', 'benchmarks/stage2_results.md', 'Markdown table.')
@@ -61,7 +61,7 @@ def run_row(name: str) -> dict:
   from user_llm import experiment  # pylint: disable=g-import-not-at-top
   from user_llm import train  # pylint: disable=g-import-not-at-top
 
-  arg = f'{ROWS[name][0]},seq_len={_SEQ_LEN.value}'
+  arg = f'{ROWS[name][0]},history_len={_HISTORY_LEN.value}'
   cfg = movielens_userllm.get_config(arg)
   steps = _EXAMPLES.value // _BATCH.value
   if name.endswith('_lora') and cfg.userllm.mode == 'text_prompt':
@@ -69,14 +69,14 @@ def run_row(name: str) -> dict:
     cfg.train.flop_budget = budget * 1e9
     # Estimated steps for the schedule (~1.2x the text prompt's tokens per example
     # relative to the user-embedding rows); the budget ends the run.
-    steps = max(10, int(steps * 32 / (24 * _SEQ_LEN.value + 64) * 1.5))
+    steps = max(10, int(steps * 32 / (24 * _HISTORY_LEN.value + 64) * 1.5))
   cfg.train.num_steps = steps if 'zeroshot' not in name else 0
   cfg.train.batch_size = _BATCH.value
   cfg.train.warmup = max(1, steps // 10)
   cfg.train.ckpt_every = max(steps, 1)
   cfg.eval.max_batches = _EVAL_BATCHES.value
   cfg.eval.num_candidates = _CANDIDATES.value
-  workdir = os.path.join(_WORKROOT.value, f'{name}_L{_SEQ_LEN.value}')
+  workdir = os.path.join(_WORKROOT.value, f'{name}_L{_HISTORY_LEN.value}')
   t0 = time.time()
   metrics = train.train_and_evaluate(cfg, workdir)
   with open(os.path.join(workdir, 'results.json')) as f:
@@ -92,7 +92,7 @@ def run_row(name: str) -> dict:
       break
   extra = 0
   if cfg.userllm.mode == 'soft_prompt':
-    extra = cfg.userllm.num_latents or cfg.data.seq_len
+    extra = cfg.userllm.num_latents or cfg.data.history_len
   gates = {}
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     for rec in map(json.loads, f):
@@ -101,7 +101,8 @@ def run_row(name: str) -> dict:
   commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True,
                           text=True, check=False).stdout.strip()
   return {
-      'row': name, 'desc': ROWS[name][1], 'commit': commit, 'seq_len': cfg.data.seq_len,
+      'row': name, 'desc': ROWS[name][1], 'commit': commit,
+      'history_len': cfg.data.history_len,
       'steps': res['step'], 'batch': cfg.train.batch_size,
       'examples': res['step'] * cfg.train.batch_size, 'train_gflop': res.get('train_gflop', 0.0),
       'train_wall_s': res['train_wall_s'], 'total_wall_s': time.time() - t0,
@@ -112,16 +113,21 @@ def run_row(name: str) -> dict:
   }
 
 
+def _history_len(row: dict) -> int:
+  """A result row's history length: rows written before the rename call it `seq_len`."""
+  return row['history_len'] if 'history_len' in row else row['seq_len']
+
+
 def _budget_gflop() -> float:
-  """Training GFLOPs of `--budget_row` at this seq_len (run it first)."""
+  """Training GFLOPs of `--budget_row` at this history_len (run it first)."""
   budgets = []
   if os.path.exists(_JSONL.value):
     with open(_JSONL.value) as f:
       budgets = [r['train_gflop'] for r in map(json.loads, filter(str.strip, f))
-                 if r['row'] == _BUDGET_ROW.value and r['seq_len'] == _SEQ_LEN.value]
+                 if r['row'] == _BUDGET_ROW.value and _history_len(r) == _HISTORY_LEN.value]
   if budgets:
     return budgets[-1]  # The latest run of that row.
-  raise ValueError(f'No {_BUDGET_ROW.value!r} row at seq_len {_SEQ_LEN.value} in '
+  raise ValueError(f'No {_BUDGET_ROW.value!r} row at history_len {_HISTORY_LEN.value} in '
                    f'{_JSONL.value}: run it before the equal-compute LoRA row.')
 
 
@@ -148,15 +154,16 @@ def _ci(r: dict, key: str) -> str:
 
 
 def table(rows: list[dict]) -> str:
-  # A rerun of a row (same name and seq_len) replaces it.
-  rows = list({(r['row'], r['seq_len']): r for r in rows}.values())
-  head = ('| row | seq_len | examples | fav-genre R@1 | next-item R@1 | next-item R@5 | '
+  # A rerun of a row (same name and history_len) replaces it.
+  rows = list({(r['row'], _history_len(r)): r for r in rows}.values())
+  head = ('| row | history_len | examples | fav-genre R@1 | next-item R@1 | next-item R@5 | '
           'next-item R@10 | test users | LLM tokens / example | train GFLOP | train s | '
           'peak RSS GB | commit |\n|' + '---|' * 13 + '\n')
   out = []
   for r in rows:
     out.append(
-        f"| {r['desc']} | {r['seq_len']} | {r.get('examples', 0)} | {_ci(r, 'fav_genre/recall@1')} | "
+        f"| {r['desc']} | {_history_len(r)} | {r.get('examples', 0)} | "
+        f"{_ci(r, 'fav_genre/recall@1')} | "
         f"{_ci(r, 'next_item/recall@1')} | {_ci(r, 'next_item/recall@5')} | "
         f"{_ci(r, 'next_item/recall@10')} | {r.get('next_item/examples', 'n/a')} | "
         f"{r['llm_tokens']:.0f} | {r.get('train_gflop', 0):.0f} | {r['train_wall_s']:.0f} | "
@@ -175,8 +182,8 @@ def main(argv):
       raise ValueError(f'Unknown row {name!r}; known: {list(ROWS)}')
   for name in _ROWS.value:
     cmd = [sys.executable, '-m', 'benchmarks.stage2', f'--one_row={name}'] + [
-        f'--{f.name}={f.value}' for f in (_EXAMPLES, _BATCH, _EVAL_BATCHES, _CANDIDATES, _SEQ_LEN,
-                                          _WORKROOT, _JSONL, _BUDGET_ROW)]
+        f'--{f.name}={f.value}' for f in (_EXAMPLES, _BATCH, _EVAL_BATCHES, _CANDIDATES,
+                                          _HISTORY_LEN, _WORKROOT, _JSONL, _BUDGET_ROW)]
     print(f'== {name}: {" ".join(cmd)}', flush=True)
     # The row's log (steps/s, ETA, eval) streams to this stderr.
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
@@ -209,7 +216,7 @@ def write_report() -> str:
     rows = [json.loads(l) for l in f if l.strip()]
   with open(_OUT.value, 'w') as f:
     f.write('# Stage 2 on ml-latest-small (real Gemma 3 270M)\n\n'
-            'Command: `python -m benchmarks.stage2 --examples=4000 [--seq_len=200] '
+            'Command: `python -m benchmarks.stage2 --examples=4000 [--history_len=200] '
             '[--rows=...]` (`--rows=` alone rewrites this file from the .jsonl)\n' + NOTES +
             '\n' + table(rows) + _extra())
   return table(rows)

@@ -18,14 +18,13 @@ import os
 from absl import app
 from absl import flags
 import jax
-import ml_collections
 import numpy as np
 
 _WORKROOT = flags.DEFINE_string('workroot', 'workdirs/stage2_bench', 'Row workdirs.')
 _PAIRS = flags.DEFINE_list('pairs', ['xattn:xattn_random_enc', 'xattn:text_prompt_zeroshot',
                                      'xattn:soft', 'xattn:text_prompt_lora'],
                            'a:b row pairs whose paired differences to report.')
-_SEQ_LEN = flags.DEFINE_integer('seq_len', 50, 'History events.')
+_HISTORY_LEN = flags.DEFINE_integer('history_len', 50, 'History events before a target.')
 _EXAMPLES = flags.DEFINE_integer('examples', 4000, 'Training examples of the rows.')
 _OUT = flags.DEFINE_string('out', 'benchmarks/stage2_references.md', 'Markdown.')
 
@@ -41,8 +40,7 @@ def stage1_reference(exp) -> dict[str, np.ndarray]:
   from user_llm import metrics  # pylint: disable=g-import-not-at-top
   from user_llm.evaluators import candidates  # pylint: disable=g-import-not-at-top
   workdir = exp.config.userllm.encoder_workdir
-  with open(os.path.join(workdir, 'config.json')) as f:
-    s1 = ml_collections.ConfigDict(json.load(f))
+  s1 = experiment.read_config(os.path.join(workdir, 'config.json'))  # Old ones too.
   s1exp = experiment.build(s1, exp.mesh)  # Builds stage 1's data and model.
   params = checkpointing.load_params(workdir)
   apply = jax.jit(lambda p, feats, mask: s1exp.model.apply({'params': p}, feats, mask)[1]['item'][:, -1])
@@ -85,7 +83,7 @@ def paired(a: str, b: str) -> list[str]:
   out = []
   ex = []
   for row in (a, b):
-    path = os.path.join(_WORKROOT.value, f'{row}_L{_SEQ_LEN.value}', 'eval_examples.json')
+    path = os.path.join(_WORKROOT.value, f'{row}_L{_HISTORY_LEN.value}', 'eval_examples.json')
     if not os.path.exists(path):
       return []
     with open(path) as f:
@@ -107,7 +105,7 @@ def main(argv):
   from user_llm import stats  # pylint: disable=g-import-not-at-top
   from user_llm import experiment  # pylint: disable=g-import-not-at-top
 
-  cfg = movielens_userllm.get_config(f'seq_len={_SEQ_LEN.value}')
+  cfg = movielens_userllm.get_config(f'history_len={_HISTORY_LEN.value}')
   cfg.eval.max_batches = -1
   exp = experiment.build(cfg, sharding.make_mesh(cfg.mesh))
   s1 = stage1_reference(exp)

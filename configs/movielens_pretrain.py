@@ -18,11 +18,11 @@ from configs import common
 
 PROTOCOLS = {  # name -> data fields (docs/stage1.md, "Protocols").
     # (a) Leave-one-out over all users: last event test, the one before validation,
-    # histories of up to seq_len events left-padded.
+    # histories of up to history_len events left-padded.
     'standard': dict(pad_short=True, test_events=1, valid_events=1, min_events=-1),
     # (b) Each user's last 5 events are test targets, each with the history before it.
     'multi_target': dict(pad_short=True, test_events=5, valid_events=1, min_events=-1),
-    # (c) Users with a full window only (>= seq_len + 2 events): stage 2's layout.
+    # (c) Users with a full window only (>= history_len + 2 events): stage 2's layout.
     'full_window': dict(pad_short=False, test_events=1, valid_events=1, min_events=-1),
 }
 
@@ -48,7 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   except (ImportError, AttributeError):
     c.data = ml_collections.ConfigDict(dict(name='movielens', path='', cache_dir='', stride=1,
                                             features=('item', 'genre', 'rating')))
-  c.data.seq_len = 50  # History events U per window (paper: 50).
+  c.data.history_len = 50  # History events U before a target (paper: 50).
   set_protocol(c, a.protocol)
   # Training windows step back 10 events from the last training event; with
   # loss_last_k = 10 below every training event is a target once per epoch with
@@ -73,7 +73,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.dtype = 'float32'  # Compute dtype ('bfloat16' on TPU).
   # AR, Dual Encoder: score only the last K positions of each window (0 = all). K =
   # data.stride makes every training event a target once per epoch, with at least
-  # seq_len - K events of context, close to the full history seen at test time.
+  # history_len - K events of context, close to the full history seen at test time.
   c.model.loss_last_k = 10
   # AR: features with a next-event head (loss summed over them); () = every feature.
   c.model.head_features = ()
@@ -124,7 +124,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.num_steps = a.steps or 1000
     c.train.warmup = 0
   if a.runlocal:
-    c.data.seq_len = 8
+    c.data.history_len = 8
     c.data.synthetic_examples = 256
     c.data.synthetic_eval_examples = 32
     c.model.d_model = 16

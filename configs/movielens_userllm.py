@@ -1,13 +1,14 @@
 r"""Stage 2: User-LLM on Gemma 3 270M with MovieLens (and the text-prompt baseline).
 
 Launch (from the repo root; needs the stage-1 encoder of configs/movielens_pretrain.py
-in workdirs/stage1/standard/ar_early_s0 (workdirs/stage1_ar_early_L{seq_len} for
-seq_len != 50), or `random_encoder`):
+in workdirs/stage1/standard/ar_early_s0 (workdirs/stage1_ar_early_L{history_len} for
+history_len != 50), or `random_encoder`):
   python -m launch.main --config configs/movielens_userllm.py \
       --workdir workdirs/userllm_xattn
 Variants (arg string after ':', comma separated):
   mode=cross_attention|soft_prompt|text_prompt   latents=16 (Perceiver; 0 = none)
-  strategy=enc|lora|full|proj   random_encoder   seq_len=50   steps=N
+  strategy=enc|lora|full|proj   random_encoder   steps=N
+  history_len=50 (history events before each target; 200 needs a stage-1 run at 200)
   runlocal (a few steps on CPU; tests shrink it further with configs/testing.py)
 e.g. --config configs/movielens_userllm.py:mode=soft_prompt,latents=16
      --config configs/movielens_userllm.py:mode=text_prompt,strategy=lora
@@ -24,7 +25,7 @@ from configs import common
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the stage-2 config; see the module docstring for `arg`."""
   a = common.parse_arg(arg, mode='cross_attention', latents=0, strategy='enc',
-                       random_encoder=False, seq_len=50, steps=0, runlocal=False)
+                       random_encoder=False, history_len=50, steps=0, runlocal=False)
   c = ml_collections.ConfigDict()
   c.experiment = 'user_llm.userllm:UserLLMExperiment'  # user_llm/experiment.py
   # Trained together, batches mixed evenly. 'review' (generation, ROUGE-Lsum) also
@@ -33,11 +34,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   import data_pipelines  # pylint: disable=g-import-not-at-top
   c.data = data_pipelines.default_data_config('movielens')
-  c.data.seq_len = a.seq_len  # History events U per window (paper: 50; also 200).
+  c.data.history_len = a.history_len  # History events U before a target (paper: 50, 200).
   c.data.max_answer_tokens = 24  # Answer + EOS (longest MovieLens titles ~20 tokens).
   # Prompt budget: the task question, or the question plus the serialised history
   # (~22 Gemma tokens per event, data_pipelines/_tasks.py) for the text prompt.
-  c.data.max_prompt_tokens = 24 * a.seq_len + 64 if a.mode == 'text_prompt' else 32
+  c.data.max_prompt_tokens = 24 * a.history_len + 64 if a.mode == 'text_prompt' else 32
 
   c.llm = ml_collections.ConfigDict()
   # gm.nn class name (any Gemma 3 size), or 'module:function' returning a config.
@@ -59,12 +60,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.userllm.strategy = a.strategy  # 'full' | 'lora' | 'enc' (LLM frozen) | 'proj'.
   c.userllm.lora_rank = 8  # gm.nn.LoRA rank (strategy 'lora').
   # Stage-1 run to load: the encoder is built from its config.json (architecture,
-  # positions = its seq_len, so 200 events need a stage-1 run at 200: README
-  # `--config.data.seq_len=200`, workdir ..._L200) and, unless random_encoder, its weights.
+  # positions = its history_len, so 200 events need a stage-1 run at 200: README
+  # `--config.data.history_len=200`, workdir ..._L200) and, unless random_encoder, its weights.
   # At 50 events: seed 0 of the stage-1 benchmark's AR early-fusion row (protocol
   # 'standard'; it shares the vocabularies of stage 2's full-window data).
-  c.userllm.encoder_workdir = ('workdirs/stage1/standard/ar_early_s0' if a.seq_len == 50
-                               else f'workdirs/stage1_ar_early_L{a.seq_len}')
+  c.userllm.encoder_workdir = ('workdirs/stage1/standard/ar_early_s0' if a.history_len == 50
+                               else f'workdirs/stage1_ar_early_L{a.history_len}')
   c.userllm.random_encoder = a.random_encoder  # Ablation: its architecture, fresh weights.
 
   c.train = ml_collections.ConfigDict()
@@ -106,7 +107,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.mesh = common.mesh()
   c.sharding_rules = common.gemma_sharding_rules() + common.encoder_sharding_rules()
 
-  if a.runlocal:  # seq_len stays: the stage-1 encoder was built for it.
+  if a.runlocal:  # history_len stays: the stage-1 encoder was built for it.
     c.train.batch_size = 2
     c.train.num_steps = a.steps or 4
     c.train.warmup = 1

@@ -44,14 +44,16 @@ def default_data_config(name: str = 'movielens',
   c.reviews_file = ''  # (prep) Amazon/Google: explicit review file (else glob).
   c.meta_file = ''  # (prep) Amazon/Google: explicit metadata file (else glob).
   c.cache_dir = default_cache_dir()  # Preprocessed ArrayRecords + manifest.json.
-  c.seq_len = 50  # (prep) History events U per window (paper: 50; also 200, 500).
+  # (prep) History events U before each target (paper: 50; also 200, 500). A window
+  # is U + 1 events (history + target).
+  c.history_len = 50
   # (prep) Step between a user's windows. 1 makes every event a target once, the
-  # most stage-1 training data; raise it (e.g. seq_len) for fewer, disjoint windows.
+  # most stage-1 training data; raise it (e.g. history_len) for fewer, disjoint windows.
   c.stride = 1
   c.min_events = -1  # (prep) Keep users with >= this many events; -1: the fewest that fit.
   c.test_events = 1  # (prep) Test targets per user: its last k events, one window each.
   c.valid_events = 1  # (prep) Validation targets per user: the events before the test ones.
-  # (prep) Allow histories shorter than seq_len (left-padded): every user with
+  # (prep) Allow histories shorter than history_len (left-padded): every user with
   # test_events + valid_events + 2 events is kept, as in the standard leave-one-out.
   c.pad_short = False
   c.min_count = 1  # (prep) Training occurrences an item/genre needs for an id.
@@ -70,6 +72,6 @@ def default_data_config(name: str = 'movielens',
 
 
 # Fields that change the preprocessed data (and hence the cache key).
-PREP_FIELDS = ('name', 'reviews_file', 'meta_file', 'seq_len', 'stride',
+PREP_FIELDS = ('name', 'reviews_file', 'meta_file', 'history_len', 'stride',
                'min_events', 'min_count', 'test_events', 'valid_events', 'pad_short',
                'amazon_category_level', 'strict')

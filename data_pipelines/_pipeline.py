@@ -31,14 +31,16 @@ _COL = {c: i for i, c in enumerate(_timelines.COLUMNS)}
 class Example:
   """Turns one window index row into a fixed-shape numpy example (a Grain map).
 
-  Stage 1 ('next_event'), U = seq_len: {feature}, timestamp int32[U+1], mask
+  U = history_len, the history events before the target; a window is U + 1 =
+  `window_len` events (history + target).
+  Stage 1 ('next_event'), the window: {feature}, timestamp int32[U+1], mask
   bool[U+1], user int32[], target_index int32[] (the target's index in the user's
   timeline), num_events int32[] (the timeline's length), example_mask bool[]; with `seen_items`, also seen bool[V_item] (True
   at every item id of the user's events before the target: the whole past, not
   only the window). A history shorter than U (data config pad_short) is
   left-padded: ids 0, mask False.
-  Stage 2: {feature}, timestamp int32[U], mask bool[U], tokens int32[L],
-  loss_mask bool[L], prompt_len int32[], answer_pos int32[A], answer_mask bool[A],
+  Stage 2, the history only: {feature}, timestamp int32[U], mask bool[U], tokens
+  int32[L], loss_mask bool[L], prompt_len int32[], answer_pos int32[A], answer_mask bool[A],
   target int32[], user, example_mask, where A = max_answer_tokens and
   L = max_prompt_tokens + A (see `_tasks.pack`).
   """
@@ -53,7 +55,7 @@ class Example:
       raise ValueError(f'Unknown features {sorted(unknown)}; available: '
                        f'{_timelines.FEATURES}.')
     self.timelines = prepared.timelines
-    self.seq_len = prepared.seq_len
+    self.history_len = prepared.history_len  # Settable (benchmarks/efficiency.py).
     self.task, self.features, self.tok = task, tuple(features), tokenizer
     self.text_prompt = text_prompt
     self.max_prompt, self.max_answer = max_prompt_tokens, max_answer_tokens
@@ -69,8 +71,18 @@ class Example:
     # makes text-prompt examples ~4x cheaper with SentencePiece.
     self._line_tokens: dict[tuple[int, int], list[int]] = {}
 
+  @property
+  def window_len(self) -> int:
+    """Events of a window: the history_len events before the target, and the target."""
+    return self.history_len + 1
+
+  @property
+  def _num_events(self) -> int:
+    """Events in an example's features: the window in stage 1, the history in stage 2."""
+    return self.window_len if self.stage1 else self.history_len
+
   def _padding(self) -> dict[str, np.ndarray]:
-    n = self.seq_len + 1 if self.stage1 else self.seq_len
+    n = self._num_events
     out = {f: np.zeros(n, np.int32) for f in self.features + ('timestamp',)}
     out.update(mask=np.zeros(n, bool), user=np.int32(0), target_index=np.int32(0),
                num_events=np.int32(0), example_mask=np.bool_(False))
@@ -89,9 +101,9 @@ class Example:
     if user < 0:  # Padding row of a final partial batch.
       return self._padding()
     table, offsets, blob = _records.decode(self.timelines[user])
-    n = self.seq_len + 1 if self.stage1 else self.seq_len
-    start = max(t - self.seq_len, 0)
-    window = table[start:t - self.seq_len + n]
+    n = self._num_events
+    start = max(t - self.history_len, 0)
+    window = table[start:t - self.history_len + n]  # With the target in stage 1 only.
     pad = n - len(window)  # Left padding of a short history (pad_short).
     out = {f: np.pad(window[:, _COL[f]], (pad, 0)) for f in self.features}
     out['timestamp'] = np.pad(window[:, _COL['timestamp']], (pad, 0))
@@ -119,7 +131,7 @@ class Example:
 
   def _stage2(self, table: np.ndarray, t: int, text: str) -> dict[str, Any]:
     target_index = table[t, _COL['item_index']]
-    rows = table[max(t - self.seq_len, 0):t]  # The (possibly short) history.
+    rows = table[max(t - self.history_len, 0):t]  # The (possibly short) history.
     if self.task == 'fav_genre':
       history = rows[:, _COL['item_index']]
       genre = _tasks.favourite_genre([self.genres[i] for i in history])

@@ -1,6 +1,6 @@
 """`prepare`: read a release once, write ArrayRecords + manifest.json, reuse after.
 
-Cache layout, in `cache_dir/<name>_L<seq_len>_S<stride>_<config hash>/`:
+Cache layout, in `cache_dir/<name>_L<history_len>_S<stride>_<config hash>/`:
 - timelines.array_record: one record per kept user (see _records.py);
 - windows_<split>.npy: int32[N, 3] rows (user record, target index, has_text);
 - vocabs.json, items.json: vocabularies and the item catalogue;
@@ -57,7 +57,16 @@ def _prep_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
   prep = {k: config.get(k, defaults.get(k)) for k in PREP_FIELDS}
   if prep['min_events'] is None or prep['min_events'] < 0:
     prep['min_events'] = _timelines.default_min_events(
-        prep['seq_len'], prep['test_events'], prep['valid_events'], prep['pad_short'])
+        prep['history_len'], prep['test_events'], prep['valid_events'], prep['pad_short'])
+  return prep
+
+
+def _renamed_seq_len(prep: dict[str, Any]) -> dict[str, Any]:
+  """`prep` with an old manifest's `seq_len` under its new name `history_len`."""
+  if 'seq_len' not in prep:
+    return prep
+  prep = dict(prep)
+  prep.setdefault('history_len', prep.pop('seq_len'))
   return prep
 
 
@@ -86,7 +95,8 @@ class Prepared:
     self.root = root
     with open(os.path.join(root, 'manifest.json')) as f:
       self.manifest = json.load(f)
-    prep = self.manifest['config']
+    # Manifests written before the rename name the history length `seq_len`.
+    prep = _renamed_seq_len(self.manifest['config'])
     # Pipeline fields (features, text_prompt, token budgets) for make_dataset.
     self.config: dict[str, Any] = dict(
         default_data_config(prep['name']).to_dict(), **prep)
@@ -96,7 +106,7 @@ class Prepared:
     with open(os.path.join(root, 'items.json')) as f:
       items = json.load(f)
     self.name: str = self.manifest['config']['name']
-    self.seq_len: int = self.manifest['config']['seq_len']
+    self.history_len: int = prep['history_len']  # History events U before a target.
     self.nouns: dict[str, str] = NOUNS[self.name]
     self.catalogue = self._catalogue(items)
     self.stats: dict[str, Any] = self.manifest['stats']
@@ -202,7 +212,7 @@ def prepare(config: ml_collections.ConfigDict) -> Prepared:
   prep = _prep_config(config)
   key = hashlib.sha256(json.dumps(prep, sort_keys=True).encode()).hexdigest()[:10]
   root = os.path.join(config.cache_dir,
-                      f'{config.name}_L{config.seq_len}_S{config.stride}_{key}')
+                      f'{config.name}_L{config.history_len}_S{config.stride}_{key}')
   hashes = {role: _io.sha256_file(p) for role, p in sources.items() if p}
   manifest_path = os.path.join(root, 'manifest.json')
   if os.path.isfile(manifest_path):
@@ -216,7 +226,7 @@ def prepare(config: ml_collections.ConfigDict) -> Prepared:
 
   log = _io.ReadLog(strict=config.strict)
   raw = _read(config, sources, log)
-  built = _timelines.build(raw, log, config.seq_len, config.stride,
+  built = _timelines.build(raw, log, config.history_len, config.stride,
                            prep['min_events'], config.min_count, prep['test_events'],
                            prep['valid_events'], prep['pad_short'])
   log.report()

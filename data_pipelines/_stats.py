@@ -28,7 +28,7 @@ def statistics(prepared: Prepared, tokenizer: Tokenizer) -> dict[str, Any]:
   """
   cat, ratings = prepared.catalogue, prepared.vocabs['rating']
   header = len(tokenizer.encode(_tasks.history_header(prepared.nouns)))
-  u = prepared.seq_len
+  u = prepared.history_len
   cumsums, all_lines = [], []
   for user in range(prepared.stats['users']):
     table, _, _ = _records.decode(prepared.timelines[user])
@@ -55,15 +55,15 @@ def statistics(prepared: Prepared, tokenizer: Tokenizer) -> dict[str, Any]:
 
 
 def markdown_table(rows: list[tuple[int, dict[str, Any]]]) -> str:
-  """A markdown table with one row per (seq_len, statistics)."""
-  out = ['| seq_len | users | items | events | train | validation | test | '
+  """A markdown table with one row per (history_len, statistics)."""
+  out = ['| history_len | users | items | events | train | validation | test | '
          'tokens/event | history tokens mean (train) | p95 (train) | '
          'mean (test) | p95 (test) |',
          '|' + '---|' * 12]
-  for seq_len, s in rows:
+  for history_len, s in rows:
     h = s['history_tokens']
     out.append(
-        f"| {seq_len} | {s['users']} | {s['items']} | {s['events']} | "
+        f"| {history_len} | {s['users']} | {s['items']} | {s['events']} | "
         f"{s['windows']['train']} | {s['windows']['validation']} | "
         f"{s['windows']['test']} | {s['tokens_per_event']:.1f} | "
         f"{h['train']['mean']:.0f} | {h['train']['p95']:.0f} | "

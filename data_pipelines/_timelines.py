@@ -1,20 +1,20 @@
 """Timelines, windows, splits and vocabularies built from a reader's RawData.
 
-Protocol (config-selectable through seq_len / stride / min_events / test_events /
+Protocol (config-selectable through history_len / stride / min_events / test_events /
 valid_events / pad_short):
 - a user's timeline is their events sorted by timestamp (stable: ties keep the
   order of the source file);
-- a window is up to `seq_len` history events plus the next event (the target).
-  Without `pad_short` a window needs a full history (target index >= seq_len);
+- a window is up to `history_len` history events plus the next event (the target).
+  Without `pad_short` a window needs a full history (target index >= history_len);
   with it, shorter histories are allowed and left-padded by the pipeline;
 - the last `test_events` events of a timeline (k) are test targets, one window
   each (target n-1, ..., n-k); the `valid_events` before them are validation
   targets; training windows are anchored at the last remaining event T = n-k-v-1
   and step back by `stride` (targets T, T-stride, ...) down to the first target
-  with a history (index seq_len, or 1 with pad_short). A model that scores the last
+  with a history (index history_len, or 1 with pad_short). A model that scores the last
   `stride` positions of each training window thus sees every training event once
   per epoch;
-- users with fewer than `min_events` events (default: seq_len + k + v, or k + v + 2
+- users with fewer than `min_events` events (default: history_len + k + v, or k + v + 2
   with pad_short) are dropped and counted under 'users_too_short';
 - vocabularies count the training part (events before the first validation
   target) of EVERY user, kept or not: two protocols that differ only in which users
@@ -69,10 +69,10 @@ class Built:
   windows: dict[str, np.ndarray]  # split -> int32[N, 3]: (user, target, has_text)
 
 
-def split_targets(n: int, seq_len: int, stride: int, test_events: int = 1,
+def split_targets(n: int, history_len: int, stride: int, test_events: int = 1,
                   valid_events: int = 1, pad_short: bool = False) -> dict[str, list[int]]:
   """Target event indices of each split for a timeline of n events (latest first)."""
-  first = 1 if pad_short else seq_len  # Smallest target index with a history.
+  first = 1 if pad_short else history_len  # Smallest target index with a history.
   test = [t for t in range(n - 1, n - 1 - test_events, -1) if t >= first]
   valid = [t for t in range(n - 1 - test_events, n - 1 - test_events - valid_events, -1)
            if t >= first]
@@ -80,13 +80,13 @@ def split_targets(n: int, seq_len: int, stride: int, test_events: int = 1,
   return {'train': train, 'validation': valid, 'test': test}
 
 
-def default_min_events(seq_len: int, test_events: int = 1, valid_events: int = 1,
+def default_min_events(history_len: int, test_events: int = 1, valid_events: int = 1,
                        pad_short: bool = False) -> int:
   """Fewest events that give every validation and test target its window."""
-  return test_events + valid_events + (2 if pad_short else seq_len)
+  return test_events + valid_events + (2 if pad_short else history_len)
 
 
-def build(raw: RawData, log: _io.ReadLog, seq_len: int, stride: int,
+def build(raw: RawData, log: _io.ReadLog, history_len: int, stride: int,
           min_events: int | None = None, min_count: int = 1, test_events: int = 1,
           valid_events: int = 1, pad_short: bool = False) -> Built:
   """Turns raw events into timelines, windows per split and vocabularies.
@@ -94,21 +94,21 @@ def build(raw: RawData, log: _io.ReadLog, seq_len: int, stride: int,
   Args:
     raw: reader output.
     log: counters ('events_with_unknown_item', 'users_too_short', ...).
-    seq_len: history length U of a window.
+    history_len: history events U before each target (a window: U + 1 events).
     stride: step between consecutive windows of a user.
     min_events: users with fewer events are dropped (default_min_events()).
     min_count: an item/genre needs this many training occurrences to get an id.
     test_events, valid_events: targets per user held out for test / validation.
-    pad_short: allow histories shorter than seq_len (left-padded downstream).
+    pad_short: allow histories shorter than history_len (left-padded downstream).
   """
-  if seq_len < 1 or stride < 1 or test_events < 1 or valid_events < 0:
-    raise ValueError(f'seq_len ({seq_len}), stride ({stride}), test_events ({test_events}) '
+  if history_len < 1 or stride < 1 or test_events < 1 or valid_events < 0:
+    raise ValueError(f'history_len ({history_len}), stride ({stride}), test_events ({test_events}) '
                      f'must be >= 1 and valid_events ({valid_events}) >= 0.')
-  need = default_min_events(seq_len, test_events, valid_events, pad_short)
+  need = default_min_events(history_len, test_events, valid_events, pad_short)
   min_events = need if min_events is None else min_events
   if min_events < need:
     raise ValueError(f'min_events={min_events} < {need}: the test and validation windows '
-                     f'of a user that short do not fit (seq_len={seq_len}, '
+                     f'of a user that short do not fit (history_len={history_len}, '
                      f'test_events={test_events}, valid_events={valid_events}, '
                      f'pad_short={pad_short}).')
 
@@ -135,12 +135,12 @@ def build(raw: RawData, log: _io.ReadLog, seq_len: int, stride: int,
       continue
     kept.append((user, idx))
   if not kept:
-    raise ValueError(f'No user has >= {min_events} events (seq_len={seq_len}); '
+    raise ValueError(f'No user has >= {min_events} events (history_len={history_len}); '
                      f'counts: {dict(log.counts)}')
 
   windows = {s: [] for s in SPLITS}
   for u, (_, idx) in enumerate(kept):
-    targets = split_targets(len(idx), seq_len, stride, test_events, valid_events, pad_short)
+    targets = split_targets(len(idx), history_len, stride, test_events, valid_events, pad_short)
     for split in SPLITS:
       windows[split].extend((u, t, int(bool(raw.events[idx[t]].text))) for t in targets[split])
   vocabs = {

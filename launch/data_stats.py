@@ -1,8 +1,8 @@
 r"""Prints the data statistics table (users, items, events, windows, prompt tokens).
 
   python -m launch.data_stats --data_path ../shared/data/ml-latest-small \
-      --seq_lens=50,200 [--tokenizer_path DIR/tokenizer.model] [--name movielens]
-  python -m launch.data_stats --config configs/movielens_pretrain.py --seq_lens=50
+      --history_lens=50,200 [--tokenizer_path DIR/tokenizer.model] [--name movielens]
+  python -m launch.data_stats --config configs/movielens_pretrain.py --history_lens=50
 
 Without --tokenizer_path, tokens are counted by the UTF-8 ByteTokenizer (an upper
 bound, about 4x Gemma's count); the table says which tokenizer counted.
@@ -18,7 +18,8 @@ from data_pipelines import _stats
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config whose .data is used.')
 _NAME = flags.DEFINE_string('name', 'movielens', 'Dataset (without --config).')
 _PATH = flags.DEFINE_string('data_path', None, 'Release folder (default: config).')
-_SEQ_LENS = flags.DEFINE_list('seq_lens', ['50', '200'], 'History lengths U.')
+_HISTORY_LENS = flags.DEFINE_list('history_lens', ['50', '200'],
+                                   'History lengths U (events before a target).')
 _TOKENIZER = flags.DEFINE_string('tokenizer_path', None, 'Gemma tokenizer.model.')
 _CACHE = flags.DEFINE_string('cache_dir', None, 'Preprocessing cache directory.')
 
@@ -29,14 +30,14 @@ def main(argv):
           else data_pipelines.default_data_config(_NAME.value))
   tokenizer = data_pipelines.make_tokenizer(_TOKENIZER.value)
   rows = []
-  for seq_len in map(int, _SEQ_LENS.value):
+  for history_len in map(int, _HISTORY_LENS.value):
     config = data_pipelines.default_data_config(base.name, _PATH.value or base.path)
     config.update({k: v for k, v in base.items() if k in config})
     config.path = _PATH.value or base.path
-    config.seq_len = seq_len
+    config.history_len = history_len
     if _CACHE.value:
       config.cache_dir = _CACHE.value
-    rows.append((seq_len, _stats.statistics(data_pipelines.prepare(config), tokenizer)))
+    rows.append((history_len, _stats.statistics(data_pipelines.prepare(config), tokenizer)))
   who = (f'Gemma 3 tokenizer ({_TOKENIZER.value})' if _TOKENIZER.value
          else 'ByteTokenizer (UTF-8 bytes; no Gemma tokenizer given)')
   print(f'Data: {base.name} at {_PATH.value or base.path}; tokens counted by {who}.')

@@ -13,6 +13,7 @@ Lifecycle (docs/contracts.md, "Experiments"):
 import abc
 from collections.abc import Mapping
 import importlib
+import json
 from typing import Any
 
 import grain
@@ -92,6 +93,20 @@ def experiment_class(name: str) -> type[Experiment]:
   if not (isinstance(found, type) and issubclass(found, Experiment)):
     raise ValueError(f'config.experiment {name!r} is not an Experiment subclass.')
   return found
+
+
+def read_config(path: str) -> ml_collections.ConfigDict:
+  """A run's config.json (`user_llm/train.py` writes it), in today's field names.
+
+  Runs from before the rename call `config.data.history_len` (history events U before
+  a target) `seq_len`: either is read, and the config comes back with `history_len`.
+  """
+  with open(path) as f:
+    raw = json.load(f)
+  data = raw.get('data')
+  if isinstance(data, dict) and 'seq_len' in data:
+    data.setdefault('history_len', data.pop('seq_len'))
+  return ml_collections.ConfigDict(raw)
 
 
 def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None,

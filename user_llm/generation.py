@@ -7,13 +7,11 @@ then sampled (`decoding.sample`) with the memory passed to every decode step.
 
 from __future__ import annotations
 
-import json
 import os
 
 from gemma import gm
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from user_llm import checkpointing
@@ -29,8 +27,7 @@ def load_run(workdir: str):
   path = os.path.join(workdir, 'config.json')
   if not os.path.isfile(path):
     raise FileNotFoundError(f'No config.json in {workdir}: is it a launch.main workdir?')
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = experiment.read_config(path)  # Also a run's old `data.seq_len`.
   if not issubclass(experiment.experiment_class(config.experiment), userllm.UserLLMExperiment):
     raise ValueError(f'{workdir} is a {config.experiment!r} run, not a stage-2 (userllm) run')
   exp = experiment.build(config, sharding.make_mesh(config.mesh))
@@ -39,7 +36,7 @@ def load_run(workdir: str):
 
 
 def user_history(exp: userllm.UserLLMExperiment, raw_user_id: str):
-  """The user's last `seq_len` events as model features (int[1, U]) and mask."""
+  """The user's last `history_len` events as model features (int[1, U]) and mask."""
   prepared = exp.prepared
   record = prepared.user_record(raw_user_id)  # KeyError naming the id if unknown.
   windows = prepared.windows('test')

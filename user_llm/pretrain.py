@@ -34,26 +34,29 @@ NUM_SPECIAL = data_pipelines.NUM_RESERVED  # Ids 0 (pad) and 1 (OOV) of every vo
 
 
 # ---------------------------------------------------------------- synthetic data
-def _synthetic_example(idx: int, seq_len: int, vocab: Mapping[str, int]) -> dict[str, np.ndarray]:
-  """A learnable toy window: items walk with a user-specific stride, plus noise."""
+def _synthetic_example(idx: int, history_len: int,
+                       vocab: Mapping[str, int]) -> dict[str, np.ndarray]:
+  """A learnable toy window (history_len events + the target): items walk with a
+  user-specific stride, plus noise."""
   rng = np.random.default_rng(idx)
   n = vocab['item'] - NUM_SPECIAL
+  window_len = history_len + 1
   start, stride = rng.integers(n), 1 + idx % 3
-  item = (start + stride * np.arange(seq_len + 1)) % n
-  noise = rng.random(seq_len + 1) < 0.1
-  item = np.where(noise, rng.integers(n, size=seq_len + 1), item) + NUM_SPECIAL
-  mask = np.ones(seq_len + 1, bool)
+  item = (start + stride * np.arange(window_len)) % n
+  noise = rng.random(window_len) < 0.1
+  item = np.where(noise, rng.integers(n, size=window_len), item) + NUM_SPECIAL
+  mask = np.ones(window_len, bool)
   if idx % 5 == 0:  # Some left-padded windows exercise the masks.
-    mask[:seq_len // 4] = False
+    mask[:history_len // 4] = False
   feats = {'item': item,
            'genre': item % (vocab['genre'] - NUM_SPECIAL) + NUM_SPECIAL,
            'rating': item % (vocab['rating'] - NUM_SPECIAL) + NUM_SPECIAL}
   out = {f: np.where(mask, feats[f], 0).astype(np.int32) for f in vocab}
   seen = np.zeros(vocab['item'], bool)
   seen[out['item'][:-1]] = True
-  out.update(timestamp=np.arange(seq_len + 1, dtype=np.int32), mask=mask,
-             user=np.int32(idx), target_index=np.int32(seq_len),
-             num_events=np.int32(seq_len + 1), seen=seen, example_mask=np.bool_(True))
+  out.update(timestamp=np.arange(window_len, dtype=np.int32), mask=mask,
+             user=np.int32(idx), target_index=np.int32(history_len),
+             num_events=np.int32(window_len), seen=seen, example_mask=np.bool_(True))
   return out
 
 
@@ -67,7 +70,7 @@ def synthetic_dataset(data_cfg, split: str, batch_size: int, seed: int,
   if split == 'train':
     ds = ds.shuffle(seed=seed)
   ds = ds.repeat(num_epochs).map(
-      lambda i: _synthetic_example(int(i) + offset, data_cfg.seq_len, vocab))
+      lambda i: _synthetic_example(int(i) + offset, data_cfg.history_len, vocab))
   return ds.batch(batch_size, drop_remainder=split == 'train').to_iter_dataset()
 
 
@@ -88,23 +91,26 @@ class PretrainExperiment(experiment_lib.Experiment):
     self.features = tuple(sorted(self.vocab_sizes))
     self.num_items = self.vocab_sizes['item']
     self.model_name = config.model.name
-    self.model = self._build_model(config.model, config.data.seq_len)
+    self.model = self._build_model(config.model, config.data.history_len)
     self.evaluator = catalogue.CatalogueRanking(config.eval, self._scores, self.dataset,
                                                 self.mesh)
     self._eval_examples: dict[str, list] | None = None
     return self
 
   # -- model
-  def _build_model(self, mc, seq_len):
+  def _build_model(self, mc, history_len):
     dtype = jnp.dtype(mc.get('dtype', 'float32'))
     if self.model_name == 'ar':
-      return ue.UserEncoderLM(ue.encoder_from_config(mc, self.vocab_sizes, max_len=seq_len),
+      # AR reads the window's first history_len events, each predicting the next one.
+      return ue.UserEncoderLM(ue.encoder_from_config(mc, self.vocab_sizes, max_len=history_len),
                               head_features=mc.get('head_features') or None,
                               tie_item_head=mc.get('tie_item_head', False))
     embed_dims = {f: mc.embed_dims[f] for f in self.features}
     if self.model_name == 'bert4rec':
       # Items only (as in Bert4Rec): other features of the [MASK]ed target would leak it.
-      enc = ue.encoder_from_config(mc, {'item': self.num_items + 1}, max_len=seq_len + 1,
+      # It reads the whole window (history + the [MASK]ed target): window_len positions.
+      window_len = history_len + 1
+      enc = ue.encoder_from_config(mc, {'item': self.num_items + 1}, max_len=window_len,
                                    causal=False)
       return baselines.Bert4Rec(enc)
     if self.model_name == 'dual':

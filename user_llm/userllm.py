@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
 import os
 import time
 
@@ -78,8 +77,7 @@ def stage1_config(workdir: str) -> ml_collections.ConfigDict:
         f'config.userllm.encoder_workdir={workdir!r} has no config.json: give the workdir '
         'of a stage-1 run (configs/movielens_pretrain.py); its encoder architecture and '
         'weights are read from there.')
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return experiment_lib.read_config(path)  # Also a run's old `data.seq_len`.
 
 
 def xattn_layers(uc, num_layers: int) -> tuple[int, ...]:
@@ -140,18 +138,19 @@ class UserLLMExperiment(experiment_lib.Experiment):
     if s1.model.name != 'ar':
       raise ValueError(f'{workdir} trained a {s1.model.name!r} model; stage 2 reads an AR '
                        "encoder (configs/movielens_pretrain.py:model=ar).")
-    seq_len = self.config.data.seq_len
-    if seq_len > s1.data.seq_len:
+    # The AR encoder has a position per history event: max_len = its history_len.
+    history_len, s1_len = self.config.data.history_len, s1.data.history_len
+    if history_len > s1_len:
       raise ValueError(
-          f'The stage-1 encoder in {workdir} has positions for {s1.data.seq_len} events, '
-          f'config.data.seq_len={seq_len}: use a stage-1 run with seq_len >= {seq_len} or '
-          f'--config.data.seq_len={s1.data.seq_len}.')
+          f'The stage-1 encoder in {workdir} has positions for {s1_len} events, '
+          f'config.data.history_len={history_len}: use a stage-1 run with history_len >= '
+          f'{history_len} or --config.data.history_len={s1_len}.')
     missing = set(self.features) - set(s1.model.embed_dims)
     if missing:
       raise ValueError(f'The stage-1 encoder in {workdir} has no embedding for {sorted(missing)}.')
     return ue.encoder_from_config(
         s1.model, {f: self.prepared.vocabs[f].size for f in self.features},
-        max_len=s1.data.seq_len, dropout=0.0)
+        max_len=s1_len, dropout=0.0)
 
   @property
   def freeze_rules(self):
@@ -159,7 +158,7 @@ class UserLLMExperiment(experiment_lib.Experiment):
 
   # ---------------------------------------------------------------- params
   def _dummy(self, b=1):
-    u = self.config.data.seq_len
+    u = self.config.data.history_len
     feats = {f: jnp.full((b, u), 2, jnp.int32) for f in self.features}
     return feats, jnp.ones((b, u), bool), jnp.full((b, self.length), 2, jnp.int32)
 

@@ -19,7 +19,7 @@ def _ml(tmp_path, ratings, movies=MOVIES, **kw):
   (src / 'ratings.csv').write_text('userId,movieId,rating,timestamp\n' + ratings)
   c = dp.default_data_config('movielens', str(src))
   c.cache_dir = str(tmp_path / 'cache')
-  c.seq_len = 2
+  c.history_len = 2
   c.update(kw)
   return c
 
@@ -89,7 +89,7 @@ def test_cache_reused_then_rebuilt(tmp_path, monkeypatch):
   with open(os.path.join(first.root, 'manifest.json')) as f:
     manifest = json.load(f)
   assert set(manifest['source_sha256']) == {'ratings', 'movies'}
-  assert manifest['config']['seq_len'] == 2
+  assert manifest['config']['history_len'] == 2
   # A changed source rebuilds the same directory.
   with open(os.path.join(c.path, 'ratings.csv'), 'a') as f:
     f.write('7,2,1.0,99\n')
@@ -100,8 +100,21 @@ def test_cache_reused_then_rebuilt(tmp_path, monkeypatch):
   # (text_prompt) do not.
   c.text_prompt = True
   assert dp.prepare(c).root == first.root and calls == [1]
-  c.seq_len = 3
+  c.history_len = 3
   assert dp.prepare(c).root != first.root and calls == [1, 1]
+
+
+def test_cache_of_an_old_version_still_opens(tmp_path):
+  """manifest.json written before the rename calls history_len `seq_len`."""
+  root = dp.prepare(_ml(tmp_path, GOOD)).root
+  path = os.path.join(root, 'manifest.json')
+  with open(path) as f:
+    manifest = json.load(f)
+  manifest['config']['seq_len'] = manifest['config'].pop('history_len')
+  with open(path, 'w') as f:
+    json.dump(manifest, f)
+  old = dp.Prepared(root)
+  assert old.history_len == old.config['history_len'] == 2 and 'seq_len' not in old.config
 
 
 def test_unknown_dataset_and_task(tmp_path):

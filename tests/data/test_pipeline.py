@@ -8,7 +8,7 @@ import pytest
 import data_pipelines as dp
 from data_pipelines import _tasks
 
-SEQ_LEN = 3
+HISTORY_LEN = 3
 
 
 @pytest.fixture(scope='module')
@@ -26,7 +26,7 @@ def prepared(tmp_path_factory):
       for u in range(6) for t in range(12)))
   c = dp.default_data_config('movielens', str(src))
   c.cache_dir = str(tmp / 'cache')
-  c.seq_len = SEQ_LEN
+  c.history_len = HISTORY_LEN
   c.max_prompt_tokens = 160
   c.max_answer_tokens = 24
   return dp.prepare(c)
@@ -55,7 +55,7 @@ def test_shapes(prepared, task, text_prompt):
     return
   b = next(iter(dp.make_dataset(prepared, 'train', task, batch_size=4,
                                 text_prompt=text_prompt, trim_multiple=0)))
-  u = SEQ_LEN + 1 if task == 'next_event' else SEQ_LEN
+  u = HISTORY_LEN + 1 if task == 'next_event' else HISTORY_LEN
   for f in ('item', 'genre', 'rating', 'timestamp'):
     assert b[f].shape == (4, u) and b[f].dtype == np.int32
   assert b['mask'].shape == (4, u) and b['mask'].dtype == bool
@@ -131,7 +131,7 @@ def test_process_slices_partition_the_global_batch(prepared):
                                 process_count=3, **kw)) for p in range(3)]
   assert len(whole) == 7 and all(len(p) == 7 for p in parts)
   for i, batch in enumerate(whole):
-    assert all(parts[p][i]['item'].shape == (2, SEQ_LEN + 1) for p in range(3))
+    assert all(parts[p][i]['item'].shape == (2, HISTORY_LEN + 1) for p in range(3))
     for p in range(3):
       np.testing.assert_array_equal(parts[p][i]['item'], batch['item'][p::3])
 
@@ -174,32 +174,32 @@ def test_byte_tokenizer_round_trip():
       'Amélie; 4.0')
 
 
-@pytest.mark.parametrize('seq_len', [200, 500])
-def test_long_histories(tmp_path, seq_len):
+@pytest.mark.parametrize('history_len', [200, 500])
+def test_long_histories(tmp_path, history_len):
   src = tmp_path / 'ml'
   src.mkdir()
   (src / 'movies.csv').write_text('movieId,title,genres\n' + ''.join(
       f'{m},M{m},Drama|Comedy\n' for m in range(50)))
   (src / 'ratings.csv').write_text('userId,movieId,rating,timestamp\n' + ''.join(
-      f'1,{t % 50},3.5,{t}\n' for t in range(seq_len + 3)))
+      f'1,{t % 50},3.5,{t}\n' for t in range(history_len + 3)))
   c = dp.default_data_config('movielens', str(src))
   c.cache_dir = str(tmp_path / 'cache')
-  c.seq_len = seq_len
+  c.history_len = history_len
   prepared = dp.prepare(c)
   assert [prepared.num_records(s) for s in dp.SPLITS] == [1, 1, 1]
   b = next(iter(dp.make_dataset(prepared, 'test', 'fav_genre', batch_size=2,
                                 text_prompt=True, max_prompt_tokens=8192)))
-  assert b['item'].shape == (2, seq_len)
+  assert b['item'].shape == (2, history_len)
   assert b['example_mask'].tolist() == [True, False]
   # Drama and Comedy tie on every event: Drama is listed first.
   assert prepared.genres[b['target'][0]] == 'Drama'
-  assert b['prompt_len'][0] > seq_len * 10  # The whole history is in the prompt.
+  assert b['prompt_len'][0] > history_len * 10  # The whole history is in the prompt.
 
 
 def test_default_config(monkeypatch):
   monkeypatch.setenv('USER_LLM_DATA', '/data/ml-25m')
   c = dp.default_data_config('amazon')
-  assert c.path == '/data/ml-25m' and c.seq_len == 50 and c.stride == 1
+  assert c.path == '/data/ml-25m' and c.history_len == 50 and c.stride == 1
   assert c.features == ('item', 'genre', 'rating') and c.strict
 
 

@@ -8,7 +8,7 @@ from data_pipelines import _timelines
 
 
 def test_split_targets_classic_layout_is_unchanged():
-  # seq_len 2, 6 events, stride 1: test 5, validation 4, train 3 and 2.
+  # history_len 2, 6 events, stride 1: test 5, validation 4, train 3 and 2.
   assert _timelines.split_targets(6, 2, 1) == {'train': [3, 2], 'validation': [4], 'test': [5]}
 
 
@@ -44,7 +44,7 @@ def source(tmp_path):
 def _prepare(source, tmp_path, **kw):
   c = dp.default_data_config('movielens', str(source))
   c.cache_dir = str(tmp_path / 'cache')
-  c.seq_len = 4
+  c.history_len = 4
   c.update(kw)
   return dp.prepare(c)
 

@@ -20,10 +20,10 @@ def _write(path, text, gz=False):
       f.write(text)
 
 
-def _config(name, path, tmp_path, seq_len=2, **kw):
+def _config(name, path, tmp_path, history_len=2, **kw):
   c = dp.default_data_config(name, str(path))
   c.cache_dir = str(tmp_path / 'cache')
-  c.seq_len = seq_len
+  c.history_len = history_len
   c.update(kw)
   return c
 
@@ -52,7 +52,7 @@ MOVIES_CSV = '''movieId,title,genres
 30,Up (2009),Animation
 40,Alien (1979),Horror|Sci-Fi
 '''
-# User 1 has 5 ratings (one tie in time), user 2 has 3 (too short for seq_len 2),
+# User 1 has 5 ratings (one tie in time), user 2 has 3 (too short for history_len 2),
 # and one rating is of movie 99 which movies.csv lacks.
 RATINGS_CSV = '''userId,movieId,rating,timestamp
 1,40,5.0,500
@@ -172,9 +172,9 @@ def test_amazon_2014(tmp_path, gz):
   _write(str(src / f'reviews_Books_5{ext}'),
          ''.join(json.dumps(r) + '\n' for r in AMAZON_2014_REVIEWS), gz)
   _write(str(src / f'meta_Books{ext}'), '\n'.join(AMAZON_2014_META) + '\n', gz)
-  prepared = dp.prepare(_config('amazon', src, tmp_path, seq_len=1))
+  prepared = dp.prepare(_config('amazon', src, tmp_path, history_len=1))
   assert prepared.stats['skipped'] == {}
-  # seq_len 1: targets 3 (test), 2 (validation), 1 (train): train events 0..1.
+  # history_len 1: targets 3 (test), 2 (validation), 1 (train): train events 0..1.
   assert prepared.vocabs['item'].values == ['p1', 'p2']
   assert prepared.vocabs['genre'].values == ['Sci-Fi']  # Level 1 of the path.
   assert prepared.catalogue.all_names == ['Dune', "Ender's Game", 'p3']
@@ -204,7 +204,7 @@ def test_amazon_2018_plain(tmp_path):
           dict(asin='p2', title="Ender's Game", category=['Books', 'Sci-Fi']),
           dict(asin='p3', title='Odes', category=[])]
   _write(str(src / 'meta_Books.json'), ''.join(json.dumps(m) + '\n' for m in meta))
-  prepared = dp.prepare(_config('amazon', src, tmp_path, seq_len=1))
+  prepared = dp.prepare(_config('amazon', src, tmp_path, history_len=1))
   assert prepared.catalogue.all_names == ['Dune', "Ender's Game", 'Odes']
   assert prepared.catalogue.all_genres == [('Sci-Fi',), ('Sci-Fi',), ('(unknown)',)]
   fav = _example(prepared, 'test', 'fav_genre')
@@ -237,7 +237,7 @@ def test_google_local(tmp_path, gz):
          ''.join(json.dumps(r) + '\n' for r in GOOGLE_REVIEWS), gz)
   _write(str(src / f'meta-Vermont{ext}'),
          ''.join(json.dumps(m) + '\n' for m in GOOGLE_META), gz)
-  prepared = dp.prepare(_config('google_local', src, tmp_path, seq_len=1))
+  prepared = dp.prepare(_config('google_local', src, tmp_path, history_len=1))
   table, offsets, blob = prepared.timeline(0)
   assert table[:, 4].tolist() == [1_600_000_000 + 100 * i for i in range(4)]
   assert prepared.vocabs['item'].values == ['g1', 'g2']

@@ -52,10 +52,10 @@ def test_userllm_variants_build():
     for strategy in ('full', 'lora', 'enc', 'proj'):
       config = movielens_userllm.get_config(f'mode={mode},strategy={strategy},latents=16')
       assert config.userllm.mode == mode and config.userllm.strategy == strategy
-  # The stage-1 encoder's max_len is its seq_len: 200 events load the 200-event run.
+  # The stage-1 encoder's max_len is its history_len: 200 events load the 200-event run.
   assert movielens_userllm.get_config('').userllm.encoder_workdir.endswith(
       'stage1/standard/ar_early_s0')
-  long = movielens_userllm.get_config('seq_len=200,mode=text_prompt')
+  long = movielens_userllm.get_config('history_len=200,mode=text_prompt')
   assert long.userllm.encoder_workdir.endswith('stage1_ar_early_L200')
   assert long.data.max_prompt_tokens >= 22 * 200  # ~22 Gemma tokens per event.
   with pytest.raises(ValueError, match='strategy'):

@@ -43,7 +43,15 @@ def test_encoder_is_built_from_the_stage1_config(tiny_movielens, tmp_path, stage
   s1 = json.loads((stage1_workdir / 'config.json').read_text())
   exp = _exp(_config(tiny_movielens, tmp_path, stage1_workdir))
   assert exp.model.user_encoder.d_model == s1['model']['d_model']
-  assert exp.model.user_encoder.max_len == s1['data']['seq_len']
+  assert exp.model.user_encoder.max_len == s1['data']['history_len']
+  # A stage-1 run from before the rename wrote `data.seq_len`: still read.
+  old = tmp_path / 'old_stage1'
+  shutil.copytree(stage1_workdir, old)
+  old_s1 = json.loads(json.dumps(s1))
+  old_s1['data']['seq_len'] = old_s1['data'].pop('history_len')
+  (old / 'config.json').write_text(json.dumps(old_s1))
+  assert _exp(_config(tiny_movielens, tmp_path, old)).model.user_encoder.max_len == (
+      s1['data']['history_len'])
   edited = tmp_path / 'edited_stage1'
   shutil.copytree(stage1_workdir, edited)
   s1['model']['d_model'] = 24
@@ -52,7 +60,7 @@ def test_encoder_is_built_from_the_stage1_config(tiny_movielens, tmp_path, stage
   with pytest.raises(ValueError, match=r'first mismatch at user_encoder/'):
     exp.load_pretrained(exp.init_params(jax.random.PRNGKey(0)))
   cfg = _config(tiny_movielens, tmp_path, stage1_workdir)
-  cfg.data.seq_len = s1['data']['seq_len'] + 1
+  cfg.data.history_len = s1['data']['history_len'] + 1
   with pytest.raises(ValueError, match='has positions for'):
     _exp(cfg)
   cfg.userllm.encoder_workdir = str(tmp_path / 'nowhere')
