@@ -119,17 +119,16 @@ class CrossAttentionStack(nn.Module):
   """
 
   layers: Sequence[int]
-  embed_dim: int
-  memory_dim: int
-  num_heads: int
-  head_dim: int
-  hidden_dim: int
+  # The decoder's config: blocks take its width, heads and MLP width, and read a
+  # memory already projected to its width.
+  decoder_config: gm.nn.config.TransformerConfig
 
   def setup(self):
+    c = self.decoder_config
     self.blocks = {
         f'layer_{i}': GatedCrossAttentionBlock(
-            self.embed_dim, self.memory_dim, self.num_heads, self.head_dim,
-            self.hidden_dim, name=f'layer_{i}')
+            c.embed_dim, c.embed_dim, c.num_heads, c.head_dim, c.hidden_dim,
+            name=f'layer_{i}')
         for i in self.layers
     }
 

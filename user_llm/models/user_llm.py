@@ -81,8 +81,7 @@ class UserLLM(nn.Module):
       if bad:
         raise ValueError(f'xattn_layers {bad} outside the decoder\'s {cfg.num_layers} layers')
       self.cross_attention = xattn_lib.CrossAttentionStack(
-          layers=tuple(self.xattn_layers), embed_dim=cfg.embed_dim, memory_dim=cfg.embed_dim,
-          num_heads=cfg.num_heads, head_dim=cfg.head_dim, hidden_dim=cfg.hidden_dim)
+          layers=tuple(self.xattn_layers), decoder_config=cfg)
 
   @property
   def config(self):  # What `decoding.prefill` reads to size the KV cache.
