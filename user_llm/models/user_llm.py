@@ -108,33 +108,25 @@ class UserLLM(nn.Module):
     """Per-user K/V of every cross-attention block (cached with the KV cache)."""
     return self.cross_attention.memory_kv(memory)
 
-  def __call__(
-      self,
-      tokens: jax.Array,
-      *,
-      memory_kv: xattn_lib.MemoryKV | None = None,
-      memory_mask: jax.Array | None = None,
-      prefix: jax.Array | None = None,
-      prefix_mask: jax.Array | None = None,
-      **decoder_kwargs: Any,
-  ) -> gemma_lib.DecoderOutput:
+  def __call__(self, tokens: jax.Array, *, memory_kv: xattn_lib.MemoryKV | None = None,
+               memory_mask: jax.Array | None = None,
+               **decoder_kwargs: Any) -> gemma_lib.DecoderOutput:
     """The decoder with the user side plugged in (see `GemmaDecoder.__call__`).
 
     Args:
       tokens: int[B, L].
       memory_kv: from `memory_kv` (mode 'cross_attention').
       memory_mask: bool[B, S].
-      prefix: float[B, S, D] soft prompt (mode 'soft_prompt'), i.e. the memory.
-      prefix_mask: bool[B, S].
-      **decoder_kwargs: input_mask, positions, attention_mask, cache, last_only.
+      **decoder_kwargs: `GemmaDecoder` keywords: input_mask, positions,
+        attention_mask, cache, last_only, and for mode 'soft_prompt' the memory as
+        prefix float[B, S, D] / prefix_mask bool[B, S].
     """
     hook = None
     if memory_kv is not None:
       def hook(i, x):
         return self.cross_attention(i, x, memory_kv, memory_mask)
-    return self.decoder(
-        tokens, prefix=prefix, prefix_mask=prefix_mask, layer_hook=hook,
-        hook_layers=tuple(self.xattn_layers) if hook else (), **decoder_kwargs)
+    return self.decoder(tokens, layer_hook=hook,
+                        hook_layers=tuple(self.xattn_layers) if hook else (), **decoder_kwargs)
 
   def forward(self, features, mask, tokens, input_mask=None, logits_at=None, logits_rows=None):
     """Training/eval forward: user side then decoder.
