@@ -164,7 +164,7 @@ class UserLLMExperiment(experiment_lib.Experiment):
 
   def init_params(self, rng):
     dtype = jnp.dtype(self.config.llm.param_dtype)
-    if not self.config.llm.pretrained:  # A random decoder (tests, smoke runs).
+    if not self.config.llm.get('pretrained', True):  # Random decoder (tests, smoke runs).
       params = self.model.init(rng, *self._dummy(), method='init_all')['params']
       base, lora = peft.split_params(params['decoder'])  # LoRA adapters stay float32.
       params['decoder'] = peft.merge_params(jax.tree.map(lambda x: x.astype(dtype), base), lora)
@@ -187,7 +187,7 @@ class UserLLMExperiment(experiment_lib.Experiment):
 
   def load_pretrained(self, params):
     init, params = params, dict(params)
-    if self.config.llm.pretrained:
+    if self.config.llm.get('pretrained', True):  # (Absent from older config.json.)
       # Straight into the decoder's dtype and shardings (gm.ckpts.load_params).
       target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                             init['decoder'])
