@@ -67,7 +67,10 @@ def answer(exp, params, raw_user_id: str, prompts: list[str], max_new_tokens: in
     method = gm.text.RandomSampling(temperature=temperature)
   else:
     method = gm.text.Greedy()
-  ctx = decoding.prefill(exp.model, params, jnp.asarray(decoding.left_pad(ids)), user,
+  # Prompt lengths rounded up to 32: questions of similar length share one compiled
+  # prefill (and the persistent compilation cache) instead of compiling per length.
+  length = -(-max(len(i) for i in ids) // 32) * 32
+  ctx = decoding.prefill(exp.model, params, jnp.asarray(decoding.left_pad(ids, length)), user,
                          max_new_tokens)
   out = decoding.sample(exp.model, params, ctx, max_new_tokens=max_new_tokens,
                         rng=jax.random.PRNGKey(seed), sampling=method, stop_tokens=tok.stop_ids)
