@@ -11,11 +11,14 @@ See data_pipelines/README.md and docs/contracts.md for formats, tasks and batche
 from data_pipelines._config import default_data_config
 from data_pipelines._config import default_data_path
 from data_pipelines._io import ReadLog
+from data_pipelines._io import sha256_file
 from data_pipelines._pipeline import Example
 from data_pipelines._pipeline import make_dataset
 from data_pipelines._prepare import Catalogue
 from data_pipelines._prepare import prepare
 from data_pipelines._prepare import Prepared
+from data_pipelines._stats import markdown_table as statistics_table
+from data_pipelines._stats import statistics
 from data_pipelines._tasks import favourite_genre
 from data_pipelines._tasks import STAGE1_TASKS
 from data_pipelines._tasks import STAGE2_TASKS

@@ -13,7 +13,6 @@ from absl import flags
 from ml_collections import config_flags
 
 import data_pipelines
-from data_pipelines import _stats
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config whose .data is used.')
 _NAME = flags.DEFINE_string('name', 'movielens', 'Dataset (without --config).')
@@ -37,11 +36,11 @@ def main(argv):
     config.history_len = history_len
     if _CACHE.value:
       config.cache_dir = _CACHE.value
-    rows.append((history_len, _stats.statistics(data_pipelines.prepare(config), tokenizer)))
+    rows.append((history_len, data_pipelines.statistics(data_pipelines.prepare(config), tokenizer)))
   who = (f'Gemma 3 tokenizer ({_TOKENIZER.value})' if _TOKENIZER.value
          else 'ByteTokenizer (UTF-8 bytes; no Gemma tokenizer given)')
   print(f'Data: {base.name} at {_PATH.value or base.path}; tokens counted by {who}.')
-  print(_stats.markdown_table(rows))
+  print(data_pipelines.statistics_table(rows))
 
 
 if __name__ == '__main__':

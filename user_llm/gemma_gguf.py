@@ -33,7 +33,7 @@ import pathlib
 
 import numpy as np
 
-from data_pipelines import _io
+import data_pipelines
 
 _MANIFEST = 'manifest.json'
 _FORMAT_VERSION = 1
@@ -219,7 +219,7 @@ def convert(
     raise FileNotFoundError(f'GGUF file not found: {gguf_path}')
   want = {
       'format_version': _FORMAT_VERSION,
-      'gguf_sha256': _io.sha256_file(gguf_path),
+      'gguf_sha256': data_pipelines.sha256_file(gguf_path),
       'param_dtype': param_dtype,
   }
   if not force and out.manifest.is_file():
