@@ -76,7 +76,7 @@ class CandidateRanking:
     exp = self.exp
     rng = np.random.default_rng(exp.config.eval.seed)
     cols = common.Columns()
-    for batch in common.test_batches(exp, self.task):
+    for batch in common.eval_batches(exp, self.task):
       prompts, user = common.llm_inputs(exp, params, batch)
       cands, target = self.candidates(batch, rng)
       scores = decoding.score_candidates(exp.model, params, prompts, cands, user,

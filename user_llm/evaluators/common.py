@@ -72,7 +72,7 @@ def llm_inputs(exp, params, batch) -> tuple[np.ndarray, dict]:
   return prompts, ul.user_inputs(exp.model, params, feats, jnp.asarray(batch['mask']))
 
 
-def test_batches(exp, task: str):
+def eval_batches(exp, task: str):
   """The stage-2 evaluation batches of `task` (config.eval: split, batch size, max_batches)."""
   ec = exp.config.eval
   ds = exp.dataset(ec.split, task, ec.batch_size, 0, shuffle=False, num_epochs=1)

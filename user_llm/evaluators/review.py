@@ -30,7 +30,7 @@ class ReviewRouge:
     exp, tok = self.exp, self.exp.tokenizer
     scorer = rouge_scorer.RougeScorer(['rougeLsum'])
     cols = common.Columns()
-    for batch in common.test_batches(exp, self.task):
+    for batch in common.eval_batches(exp, self.task):
       prompts, user = common.llm_inputs(exp, params, batch)
       out = decoding.generate(exp.model, params, prompts, user, stop_tokens=tok.stop_ids,
                               max_new_tokens=exp.config.data.max_answer_tokens)
