@@ -63,7 +63,13 @@ def llm_inputs(exp, params, batch) -> tuple[np.ndarray, dict]:
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from user_llm.models import user_llm as ul  # pylint: disable=g-import-not-at-top
   keep = batch['example_mask']
-  prompts = np.zeros((len(keep), int(batch['prompt_len'].max())), np.int32)
+  # Few prompt shapes, so few compiled prefills: the length is rounded up (to 32 up
+  # to 256 tokens, to 128 beyond). With one shape per batch, two text-prompt runs
+  # (prompts of 1,000-1,250 tokens) compiled a new prefill nearly every batch and
+  # were killed out of host memory (24 GB) around their 60th batch.
+  longest = int(batch['prompt_len'].max())
+  step = 32 if longest <= 256 else 128
+  prompts = np.zeros((len(keep), -(-longest // step) * step), np.int32)
   for r, p in enumerate(batch['prompt_len']):
     if p:
       prompts[r, -p:] = batch['tokens'][r, :p]
