@@ -236,7 +236,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         t_eval = time.time()
         eval_metrics = exp.evaluate(state['params'], step)
         eval_wall += time.time() - t_eval
-        logging.info('eval step %d: %s', step, eval_metrics)
         writer.write(step, 'eval', eval_metrics)
       if is_last:
         break
