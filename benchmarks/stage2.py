@@ -36,7 +36,9 @@ ROWS = {
     'soft_perceiver': ('mode=soft_prompt,latents=16', 'soft prompt + Perceiver, Enc'),
     'xattn_lora': ('mode=cross_attention,strategy=lora', 'cross-attention, LoRA'),
     'xattn_full': ('mode=cross_attention,strategy=full', 'cross-attention, Full'),
-    'xattn_proj': ('mode=cross_attention,strategy=proj', 'cross-attention, Proj'),
+    'xattn_proj': ('mode=cross_attention,strategy=proj', 'cross-attention, Proj (encoder frozen)'),
+    'xattn_proj_random_enc': ('mode=cross_attention,strategy=proj,random_encoder',
+                              'cross-attention, Proj, random frozen encoder'),
 }
 DEFAULT_ROWS = ['xattn', 'xattn_random_enc', 'text_prompt_zeroshot', 'soft', 'text_prompt_lora',
                 'xattn_perceiver']

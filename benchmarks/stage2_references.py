@@ -22,7 +22,8 @@ import numpy as np
 
 _WORKROOT = flags.DEFINE_string('workroot', 'workdirs/stage2_bench', 'Row workdirs.')
 _PAIRS = flags.DEFINE_list('pairs', ['xattn:xattn_random_enc', 'xattn:text_prompt_zeroshot',
-                                     'xattn:soft', 'xattn:text_prompt_lora'],
+                                     'xattn:soft', 'xattn:text_prompt_lora',
+                                     'xattn_proj:xattn_proj_random_enc', 'xattn:xattn_perceiver'],
                            'a:b row pairs whose paired differences to report.')
 _HISTORY_LEN = flags.DEFINE_integer('history_len', 50, 'History events before a target.')
 _EXAMPLES = flags.DEFINE_integer('examples', 4000, 'Training examples of the rows.')
