@@ -14,6 +14,7 @@ from data_pipelines._io import ReadLog
 from data_pipelines._io import sha256_file
 from data_pipelines._pipeline import Example
 from data_pipelines._pipeline import make_dataset
+from data_pipelines._pipeline import process_rows
 from data_pipelines._prepare import Catalogue
 from data_pipelines._prepare import prepare
 from data_pipelines._prepare import Prepared

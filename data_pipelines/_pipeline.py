@@ -3,13 +3,15 @@
     MapDataset(window index rows)        # (user record, target index, has_text)
       .shuffle(seed)                     # same permutation on every process,
       .repeat(num_epochs)                #   reshuffled each epoch (seed + epoch)
-      [process_index::process_count]     # this process's rows of each global batch
+      process_rows(...)                  # this process's rows of each global batch
       .map(Example)                      # read timeline, build task, tokenise, pad
       .batch(batch_size // process_count)
       .to_iter_dataset()
 
-Global batch i is shuffled elements [i*B, (i+1)*B); process p gets its rows
-p, p+P, ..., so the per-process slice happens without building the global batch.
+Global batch i is shuffled elements [i*B, (i+1)*B); process p gets its contiguous
+rows [p*B/P, (p+1)*B/P) of it (`process_rows`), so the per-process slice happens
+without building the global batch, and the processes' slices concatenated in process
+order are the one-process batch (`jax.make_array_from_process_local_data` order).
 The returned IterDataset's iterator has get_state()/set_state(); save it with
 orbax through grain.checkpoint.CheckpointSave / CheckpointRestore.
 """
@@ -203,8 +205,7 @@ def make_dataset(prepared: Prepared, split: str, task: str, *, batch_size: int,
   if shuffle:
     ds = ds.shuffle(seed=seed)
   ds = ds.repeat(num_epochs)
-  if process_count > 1:
-    ds = ds[process_index::process_count]
+  ds = process_rows(ds, batch_size, process_index, process_count)
   ds = ds.map(Example(prepared, task, tuple(config['features']), tokenizer,
                       bool(config['text_prompt']), int(config['max_prompt_tokens']),
                       int(config['max_answer_tokens']),
@@ -216,6 +217,22 @@ def make_dataset(prepared: Prepared, split: str, task: str, *, batch_size: int,
   if multiple and not (task in _tasks.STAGE1_TASKS or process_count > 1):
     ds = ds.map(lambda batch: trim_batch(batch, multiple))
   return ds.to_iter_dataset()
+
+
+def process_rows(ds: grain.MapDataset, batch_size: int, process_index: int,
+                 process_count: int) -> grain.MapDataset:
+  """Process `process_index`'s rows [p*b, (p+1)*b) of every global batch (b = B / P).
+
+  Contiguous, not strided: `jax.make_array_from_process_local_data` puts process p's
+  rows at global rows [p*b, (p+1)*b), so every process count sees the same global
+  batch in the same order (dropout masks and sums match a one-process run). A final
+  partial global batch is dropped.
+  """
+  if process_count == 1:
+    return ds
+  b = batch_size // process_count
+  rows = grain.MapDataset.range(len(ds) // batch_size * b)
+  return rows.map(lambda j: ds[(j // b) * batch_size + process_index * b + j % b])
 
 
 def trim_batch(batch: dict[str, np.ndarray], multiple: int) -> dict[str, np.ndarray]:

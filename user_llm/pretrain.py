@@ -61,17 +61,21 @@ def _synthetic_example(idx: int, history_len: int,
 
 
 def synthetic_dataset(data_cfg, split: str, batch_size: int, seed: int,
-                      num_epochs: int | None) -> grain.IterDataset:
-  """Grain pipeline of synthetic stage-1 batches in the contract format."""
+                      num_epochs: int | None, process_index: int = 0,
+                      process_count: int = 1) -> grain.IterDataset:
+  """Grain pipeline of synthetic stage-1 batches in the contract format; `batch_size` is
+  the global batch, of which this process gets its rows (`data_pipelines.process_rows`)."""
   n = data_cfg.synthetic_examples if split == 'train' else data_cfg.synthetic_eval_examples
   offset = 0 if split == 'train' else 10_000_000  # Disjoint example seeds per split.
   vocab = dict(data_cfg.synthetic_vocab)
   ds = grain.MapDataset.range(n)
   if split == 'train':
     ds = ds.shuffle(seed=seed)
-  ds = ds.repeat(num_epochs).map(
-      lambda i: _synthetic_example(int(i) + offset, data_cfg.history_len, vocab))
-  return ds.batch(batch_size, drop_remainder=split == 'train').to_iter_dataset()
+  ds = data_pipelines.process_rows(ds.repeat(num_epochs), batch_size, process_index,
+                                   process_count)
+  ds = ds.map(lambda i: _synthetic_example(int(i) + offset, data_cfg.history_len, vocab))
+  return ds.batch(batch_size // process_count,
+                  drop_remainder=split == 'train').to_iter_dataset()
 
 
 # ------------------------------------------------------------------ experiment
@@ -201,8 +205,8 @@ class PretrainExperiment(experiment_lib.Experiment):
   def dataset(self, split, batch_size, seed, num_epochs, **overrides):
     """This process's slice of global batches of `split`."""
     if self.prepared is None:
-      return synthetic_dataset(self.data_cfg, split, batch_size // jax.process_count(), seed,
-                               num_epochs)
+      return synthetic_dataset(self.data_cfg, split, batch_size, seed, num_epochs,
+                               jax.process_index(), jax.process_count())
     return data_pipelines.make_dataset(
         self.prepared, split, 'next_event', batch_size=batch_size, seed=seed,
         shuffle=split == 'train', num_epochs=num_epochs,

@@ -133,7 +133,7 @@ def test_process_slices_partition_the_global_batch(prepared):
   for i, batch in enumerate(whole):
     assert all(parts[p][i]['item'].shape == (2, HISTORY_LEN + 1) for p in range(3))
     for p in range(3):
-      np.testing.assert_array_equal(parts[p][i]['item'], batch['item'][p::3])
+      np.testing.assert_array_equal(parts[p][i]['item'], batch['item'][2 * p:2 * p + 2])
 
 
 def test_eval_pads_final_batch(prepared):
