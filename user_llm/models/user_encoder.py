@@ -13,6 +13,12 @@ Parameter tree of `UserEncoderLM` (names are an API, stage 2 loads `user_encoder
   user_encoder/combine/kernel, bias                 (late fusion) [M * D, D]
   heads/{feature}/kernel, bias                      [D, V_f] next-event heads
   item_proj/kernel, bias; item_bias                 (tie_item_head) [D, E_item]; [V_item]
+
+Incremental encoding (serving, user_llm/serving/incremental.py): a causal encoder's
+output at event t depends on events <= t only, so with a per-layer KV cache
+(`init_cache`, `UserEncoder.__call__(..., cache=)`) new events are appended without
+re-running the history; the numbers equal a full call on a history whose first event
+sits at position 0 (no left padding).
 """
 
 from collections.abc import Mapping, Sequence
@@ -36,8 +42,15 @@ class MultiHeadAttention(nn.Module):
   param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, attn_mask: Array) -> Array:
-    """Args: x [B, U, D]; attn_mask bool [B, U, S] (True = may attend). Returns [B, U, D]."""
+  def __call__(self, x: Array, attn_mask: Array, cache: Mapping[str, Array] | None = None,
+               index: Array | None = None):
+    """Args: x [B, U, D]; attn_mask bool [B, U, S] (True = may attend). Returns [B, U, D].
+
+    With `cache` ({'k', 'v'} [B, S, N, H]: the keys and values of earlier events) the U
+    new keys/values are written at slots `index` int32[B] .. index + U - 1 (slots past S
+    are dropped), the queries attend over all S slots, and the call returns
+    ([B, U, D], the updated {'k', 'v'}).
+    """
     d = x.shape[-1]
     init = nn.initializers.lecun_normal(in_axis=0, out_axis=(1, 2))
     w_q = self.param('q', init, (d, self.num_heads, self.head_dim), self.param_dtype)
@@ -50,11 +63,25 @@ class MultiHeadAttention(nn.Module):
     q = jnp.einsum('BUD,DNH->BUNH', x, w_q.astype(self.dtype))
     k = jnp.einsum('BSD,DNH->BSNH', x, w_k.astype(self.dtype))
     v = jnp.einsum('BSD,DNH->BSNH', x, w_v.astype(self.dtype))
+    if cache is not None:
+      k, v = write_slots(cache['k'], k, index), write_slots(cache['v'], v, index)
     logits = jnp.einsum('BUNH,BSNH->BNUS', q, k) / jnp.sqrt(self.head_dim).astype(self.dtype)
     logits = jnp.where(attn_mask[:, None], logits.astype(jnp.float32), gemma_lib.NEG_INF)
     probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     out = jnp.einsum('BNUS,BSNH->BUNH', probs, v)
-    return jnp.einsum('BUNH,NHD->BUD', out, w_o.astype(self.dtype))
+    out = jnp.einsum('BUNH,NHD->BUD', out, w_o.astype(self.dtype))
+    return out if cache is None else (out, {'k': k, 'v': v})
+
+
+def write_slots(buf: Array, new: Array, index: Array) -> Array:
+  """buf [B, S, ...] with new [B, U, ...] written at slots index[b] + u (past S: dropped).
+
+  The one slot write of a cache: the encoder's K/V here, the per-user outputs and
+  memory in user_llm/serving/incremental.py.
+  """
+  b, u = new.shape[:2]
+  slots = index[:, None] + jnp.arange(u)[None]
+  return buf.at[jnp.arange(b)[:, None], slots].set(new.astype(buf.dtype), mode='drop')
 
 
 class Mlp(nn.Module):
@@ -82,14 +109,21 @@ class Block(nn.Module):
   param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, attn_mask: Array, train: bool) -> Array:
+  def __call__(self, x: Array, attn_mask: Array, train: bool,
+               cache: Mapping[str, Array] | None = None, index: Array | None = None):
+    """x [B, U, D] -> [B, U, D]; with `cache`, also the updated cache (`MultiHeadAttention`)."""
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h = nn.LayerNorm(name='pre_attention_norm', **kw)(x)
-    h = MultiHeadAttention(self.num_heads, self.head_dim, name='attn', **kw)(h, attn_mask)
+    attn = MultiHeadAttention(self.num_heads, self.head_dim, name='attn', **kw)
+    if cache is None:
+      h = attn(h, attn_mask)
+    else:
+      h, cache = attn(h, attn_mask, cache, index)
     x = x + nn.Dropout(self.dropout)(h, deterministic=not train)
     h = nn.LayerNorm(name='pre_mlp_norm', **kw)(x)
     h = Mlp(self.mlp_dim, name='mlp', **kw)(h)
-    return x + nn.Dropout(self.dropout)(h, deterministic=not train)
+    x = x + nn.Dropout(self.dropout)(h, deterministic=not train)
+    return x if cache is None else (x, cache)
 
 
 class Transformer(nn.Module):
@@ -105,11 +139,35 @@ class Transformer(nn.Module):
   param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, mask: Array, train: bool = False) -> Array:
-    """Args: x [B, U, D]; mask bool [B, U] (True on real events). Returns [B, U, D]."""
+  def __call__(self, x: Array, mask: Array, train: bool = False,
+               cache: Mapping[str, Array] | None = None):
+    """Args: x [B, U, D]; mask bool [B, U] (True on real events). Returns [B, U, D].
+
+    With `cache` (`init_cache`; causal only): x holds U *new* events, right-padded (mask
+    True on the real ones), that follow the `cache['index']` int32[B] events already
+    encoded at positions 0 .. index - 1. They take positions index .. index + U - 1 and
+    attend to the cached events and to each other causally. Returns ([B, U, D], the
+    cache with them appended): the full call's outputs at those positions, for a
+    history whose first event sits at position 0.
+    """
     _, u, d = x.shape
     pos = self.param('pos_embedding', nn.initializers.normal(0.02), (self.max_len, d),
                      self.param_dtype)
+    blocks = [Block(self.num_heads, d // self.num_heads, self.mlp_dim, self.dropout,
+                    self.dtype, self.param_dtype, name=f'layer_{i}')
+              for i in range(self.num_layers)]
+    final_norm = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name='final_norm')
+    if cache is not None:
+      if not self.causal:
+        raise ValueError('A KV cache extends a causal encoder only (causal=False here).')
+      index = cache['index']
+      slots = index[:, None] + jnp.arange(u)[None]  # [B, U] position of each new event.
+      x = (x + jnp.take(pos, slots, axis=0, mode='clip')).astype(self.dtype)
+      attn_mask = jnp.arange(self.max_len)[None, None, :] <= slots[:, :, None]  # [B, U, S]
+      new_cache = {'index': index + mask.sum(-1, dtype=index.dtype)}
+      for i, block in enumerate(blocks):
+        x, new_cache[f'layer_{i}'] = block(x, attn_mask, False, cache[f'layer_{i}'], index)
+      return final_norm(x), new_cache
     x = (x + pos[None, :u]).astype(self.dtype)
     x = nn.Dropout(self.dropout)(x, deterministic=not train)
     attn_mask = jnp.broadcast_to(mask[:, None, :], (x.shape[0], u, u))
@@ -117,10 +175,9 @@ class Transformer(nn.Module):
       attn_mask = attn_mask & jnp.tril(jnp.ones((u, u), bool))[None]
     # Every query may see itself, so padded rows stay finite.
     attn_mask = attn_mask | jnp.eye(u, dtype=bool)[None]
-    for i in range(self.num_layers):
-      x = Block(self.num_heads, d // self.num_heads, self.mlp_dim, self.dropout,
-                self.dtype, self.param_dtype, name=f'layer_{i}')(x, attn_mask, train)
-    return nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name='final_norm')(x)
+    for block in blocks:
+      x = block(x, attn_mask, train)
+    return final_norm(x)
 
 
 class UserEncoder(nn.Module):
@@ -148,18 +205,38 @@ class UserEncoder(nn.Module):
     return Transformer(self.num_layers, self.num_heads, self.mlp_dim, self.max_len,
                        self.causal, self.dropout, self.dtype, self.param_dtype, name=name)
 
+  @property
+  def transformer_names(self) -> tuple[str, ...]:
+    """Scopes of the Transformers (one KV cache each)."""
+    if self.fusion == 'late':
+      return tuple(f'tower_{f}' for f in sorted(self.vocab_sizes))
+    return ('transformer',)
+
   @nn.compact
-  def __call__(self, features: Mapping[str, Array], mask: Array, train: bool = False) -> Array:
+  def __call__(self, features: Mapping[str, Array], mask: Array, train: bool = False,
+               cache: Mapping[str, Mapping[str, Array]] | None = None):
     """Encodes events.
 
     Args:
       features: feature name -> int32 [B, U] ids; every name of `vocab_sizes`.
       mask: bool [B, U], True on real events.
       train: enables dropout (needs a 'dropout' rng).
+      cache: optional, from `init_cache`: the U events are *appended* after the
+        events it holds (right-padded, see `Transformer.__call__`); no dropout.
 
     Returns:
-      [B, U, D] one embedding per event (output at t has seen events <= t if causal).
+      [B, U, D] one embedding per event (output at t has seen events <= t if causal);
+      with `cache`, ([B, U, D], the updated cache).
     """
+    new_cache = {}
+
+    def run(name: str, x: Array) -> Array:
+      transformer = self._transformer(name)
+      if cache is None:
+        return transformer(x, mask, train)
+      out, new_cache[name] = transformer(x, mask, cache=cache[name])
+      return out
+
     names = sorted(self.vocab_sizes)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     embs = {}
@@ -170,14 +247,32 @@ class UserEncoder(nn.Module):
     if self.fusion == 'early':
       x = jnp.concatenate([embs[f] for f in names], axis=-1)
       x = nn.Dense(self.d_model, name='fuse', **kw)(x)
-      return self._transformer('transformer')(x, mask, train)
-    if self.fusion == 'late':
+      h = run('transformer', x)
+    elif self.fusion == 'late':
       outs = []
       for f in names:
         x = nn.Dense(self.d_model, name=f'proj_{f}', **kw)(embs[f])
-        outs.append(self._transformer(f'tower_{f}')(x, mask, train))
-      return nn.Dense(self.d_model, name='combine', **kw)(jnp.concatenate(outs, axis=-1))
-    raise ValueError(f'Unknown fusion {self.fusion!r}, expected early|late.')
+        outs.append(run(f'tower_{f}', x))
+      h = nn.Dense(self.d_model, name='combine', **kw)(jnp.concatenate(outs, axis=-1))
+    else:
+      raise ValueError(f'Unknown fusion {self.fusion!r}, expected early|late.')
+    return h if cache is None else (h, new_cache)
+
+
+def init_cache(encoder: UserEncoder, batch: int) -> dict[str, dict[str, Array]]:
+  """The empty KV cache of `UserEncoder.__call__(..., cache=)`, for `batch` users.
+
+  Returns:
+    {transformer scope: {'index': int32[B] zeros (events held), 'layer_{i}': {'k', 'v':
+    [B, max_len, N, H]}}}: one entry per `encoder.transformer_names`.
+  """
+  shape = (batch, encoder.max_len, encoder.num_heads, encoder.d_model // encoder.num_heads)
+  def one():
+    layers = {f'layer_{i}': {'k': jnp.zeros(shape, encoder.dtype),
+                             'v': jnp.zeros(shape, encoder.dtype)}
+              for i in range(encoder.num_layers)}
+    return {'index': jnp.zeros((batch,), jnp.int32), **layers}
+  return {name: one() for name in encoder.transformer_names}
 
 
 def encoder_from_config(mc, vocab_sizes: Mapping[str, int], max_len: int, causal: bool = True,

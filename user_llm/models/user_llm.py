@@ -97,7 +97,14 @@ class UserLLM(nn.Module):
     Returns:
       memory float[B, S, D], memory_mask bool[B, S].
     """
-    h = self.user_encoder(features, mask)  # [B, U, E]
+    return self.memory_from_embeddings(self.user_encoder(features, mask), mask)
+
+  def memory_from_embeddings(self, h: jax.Array, mask: jax.Array):
+    """Projection -> [Perceiver] of encoder outputs h float[B, U, E] (mask bool[B, U]).
+
+    Without the Perceiver it acts on each event alone (serving appends the memory of
+    new events only); the Perceiver's latents read all of them.
+    """
     memory = self.projection(h)
     if self.num_latents:
       memory = self.resampler(memory, mask)
@@ -165,6 +172,21 @@ def user_inputs(model: UserLLM, params, features, mask) -> dict[str, Any]:
   if model.mode == 'text_prompt':
     return {}
   memory, memory_mask = model.apply({'params': params}, features, mask, method='user_memory')
+  return inputs_from_memory(model, params, memory, memory_mask)
+
+
+def user_inputs_from_embeddings(model: UserLLM, params, h, mask) -> dict[str, Any]:
+  """`user_inputs` from encoder outputs h float[B, U, E], mask bool[B, U] (serving
+  keeps h cached per user, user_llm/serving/incremental.py)."""
+  if model.mode == 'text_prompt':
+    return {}
+  memory, memory_mask = model.apply({'params': params}, h, mask,
+                                    method='memory_from_embeddings')
+  return inputs_from_memory(model, params, memory, memory_mask)
+
+
+def inputs_from_memory(model: UserLLM, params, memory, memory_mask) -> dict[str, Any]:
+  """`user_inputs` from the memory float[B, S, D] (after projection and Perceiver)."""
   if model.mode == 'soft_prompt':
     return {'prefix': memory, 'prefix_mask': memory_mask}
   kv = model.apply({'params': params}, memory, method='memory_kv')
