@@ -33,6 +33,17 @@ def parse_arg(arg: str | None, lazy: bool = False, **spec) -> ml_collections.Con
   return out
 
 
+# Config args naming the data files (`configs/x.py:reviews_file=FILE`), for every dataset.
+DATA_FILE_ARGS = dict(path='', reviews_file='', meta_file='')
+
+
+def set_data_files(data: ml_collections.ConfigDict, a: ml_collections.ConfigDict) -> None:
+  """Copies the DATA_FILE_ARGS given in `a` into `data` (the config.data section)."""
+  for key in DATA_FILE_ARGS:
+    if a[key]:
+      data[key] = a[key]
+
+
 def mesh(data: int = -1, fsdp: int = 1, tensor: int = 1):
   """Mesh axes; -1 takes the remaining devices."""
   return [('data', data), ('fsdp', fsdp), ('tensor', tensor)]

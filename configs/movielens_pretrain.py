@@ -1,4 +1,5 @@
-r"""Stage 1: user-encoder pretraining (and baselines) on MovieLens.
+r"""Stage 1: user-encoder pretraining (and baselines) on MovieLens (and, through
+`get_config(arg, dataset=...)`, configs/amazon_pretrain.py and configs/google_local_pretrain.py).
 
 Launch (from the repo root):
   python -m launch.main --config configs/movielens_pretrain.py \
@@ -7,6 +8,7 @@ Variants (arg string after ':', comma separated):
   model=ar|dual|bert4rec|popularity   fusion=early|late   runlocal (tiny smoke run)
   protocol=standard|multi_target|full_window (docs/stage1.md)
   synthetic (toy data, no files needed), steps=N
+  path=DIR, reviews_file=FILE, meta_file=FILE (the data files; or --config.data.path=...)
 e.g. --config configs/movielens_pretrain.py:model=ar,fusion=late
      --config configs/movielens_pretrain.py:runlocal,synthetic --config.train.num_steps=5
 """
@@ -35,19 +37,20 @@ def set_protocol(c: ml_collections.ConfigDict, name: str) -> None:
   c.data.protocol = name
 
 
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """Returns the stage-1 config; see the module docstring for `arg`."""
+def get_config(arg: str | None = None, dataset: str = 'movielens') -> ml_collections.ConfigDict:
+  """Returns the stage-1 config of `dataset`; see the module docstring for `arg`."""
   a = common.parse_arg(arg, model='ar', fusion='early', protocol='standard', runlocal=False,
-                       synthetic=False, steps=0)
+                       synthetic=False, steps=0, **common.DATA_FILE_ARGS)
   c = ml_collections.ConfigDict()
   c.experiment = 'user_llm.pretrain:PretrainExperiment'  # user_llm/experiment.py
 
   try:  # The data section is owned by data_pipelines; fall back if it is absent.
     import data_pipelines  # pylint: disable=g-import-not-at-top
-    c.data = data_pipelines.default_data_config('movielens')
+    c.data = data_pipelines.default_data_config(dataset)
   except (ImportError, AttributeError):
-    c.data = ml_collections.ConfigDict(dict(name='movielens', path='', cache_dir='', stride=1,
+    c.data = ml_collections.ConfigDict(dict(name=dataset, path='', cache_dir='', stride=1,
                                             features=('item', 'genre', 'rating')))
+  common.set_data_files(c.data, a)
   c.data.history_len = 50  # History events U before a target (paper: 50).
   set_protocol(c, a.protocol)
   # Training windows step back 10 events from the last training event; with

@@ -1,4 +1,6 @@
-r"""Stage 2: User-LLM on Gemma 3 270M with MovieLens (and the text-prompt baseline).
+r"""Stage 2: User-LLM on Gemma 3 270M with MovieLens (and the text-prompt baseline);
+`get_config(arg, dataset=...)` also builds configs/amazon_userllm.py and
+configs/google_local_userllm.py.
 
 Launch (from the repo root; needs the stage-1 encoder of configs/movielens_pretrain.py
 in workdirs/stage1/standard/ar_early_s0 (workdirs/stage1_ar_early_L{history_len} for
@@ -10,6 +12,7 @@ Variants (arg string after ':', comma separated):
   strategy=enc|lora|full|proj   random_encoder   steps=N
   history_len=50 (history events before each target; 200 needs a stage-1 run at 200)
   runlocal (a few steps on CPU; tests shrink it further with configs/testing.py)
+  path=DIR, reviews_file=FILE, meta_file=FILE (the data files; or --config.data.path=...)
 e.g. --config configs/movielens_userllm.py:mode=soft_prompt,latents=16
      --config configs/movielens_userllm.py:mode=text_prompt,strategy=lora
 Then generate for a user:
@@ -22,23 +25,48 @@ import ml_collections
 from configs import common
 
 
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """Returns the stage-2 config; see the module docstring for `arg`."""
+# Per dataset: Gemma tokens of one text-prompt history line, rounded up (MovieLens:
+# 21.7 measured, benchmarks/data_stats.md; the review datasets' longer product and
+# place names: estimates, measure with `launch.data_stats --tokenizer_path`), and
+# the question budget ('Write this user's next review of {name}.' holds a product name),
+# the answer budget (review texts are longer than titles; ROUGE-Lsum reads 64 tokens).
+TOKENS_PER_EVENT = {'movielens': 24, 'amazon': 32, 'google_local': 24}
+QUESTION_TOKENS = {'movielens': 32, 'amazon': 64, 'google_local': 48}
+ANSWER_TOKENS = {'movielens': 24, 'amazon': 64, 'google_local': 64}
+
+
+def encoder_workdir(dataset: str, history_len: int) -> str:
+  """Where the stage-1 run this config loads lives (its launch command writes there)."""
+  if dataset == 'movielens':
+    return ('workdirs/stage1/standard/ar_early_s0' if history_len == 50
+            else f'workdirs/stage1_ar_early_L{history_len}')
+  return f'workdirs/stage1_{dataset}/ar_early_L{history_len}'
+
+
+def get_config(arg: str | None = None, dataset: str = 'movielens') -> ml_collections.ConfigDict:
+  """Returns the stage-2 config of `dataset`; see the module docstring for `arg`."""
   a = common.parse_arg(arg, mode='cross_attention', latents=0, strategy='enc',
-                       random_encoder=False, history_len=50, steps=0, runlocal=False)
+                       random_encoder=False, history_len=50, steps=0, runlocal=False,
+                       **common.DATA_FILE_ARGS)
   c = ml_collections.ConfigDict()
   c.experiment = 'user_llm.userllm:UserLLMExperiment'  # user_llm/experiment.py
-  # Trained together, batches mixed evenly. 'review' (generation, ROUGE-Lsum) also
-  # exists; MovieLens has no reviews, so there it is the user's tags on the movie.
-  c.tasks = ('next_item', 'fav_genre')
+  # Trained together, batches mixed evenly. 'review' (generation, ROUGE-Lsum, scored
+  # against the text-prompt baseline) is trained on the review datasets; MovieLens
+  # has no reviews (its 'review' would be the user's tags on the movie).
+  c.tasks = (('next_item', 'fav_genre') if dataset == 'movielens'
+             else ('next_item', 'fav_genre', 'review'))
 
   import data_pipelines  # pylint: disable=g-import-not-at-top
-  c.data = data_pipelines.default_data_config('movielens')
+  # MovieLens: users with a full history only. Amazon / Google Local: short 5-core
+  # timelines left-padded (data pad_short), each user's last events for test / validation.
+  c.data = data_pipelines.default_data_config(dataset)
+  common.set_data_files(c.data, a)
   c.data.history_len = a.history_len  # History events U before a target (paper: 50, 200).
-  c.data.max_answer_tokens = 24  # Answer + EOS (longest MovieLens titles ~20 tokens).
+  c.data.max_answer_tokens = ANSWER_TOKENS[dataset]  # Answer + EOS.
   # Prompt budget: the task question, or the question plus the serialised history
-  # (~22 Gemma tokens per event, data_pipelines/_tasks.py) for the text prompt.
-  c.data.max_prompt_tokens = 24 * a.history_len + 64 if a.mode == 'text_prompt' else 32
+  # (data_pipelines/_tasks.py) for the text prompt.
+  c.data.max_prompt_tokens = QUESTION_TOKENS[dataset] + (
+      TOKENS_PER_EVENT[dataset] * a.history_len if a.mode == 'text_prompt' else 0)
 
   c.llm = ml_collections.ConfigDict()
   # gm.nn class name (any Gemma 3 size), or 'module:function' returning a config.
@@ -64,8 +92,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # `--config.data.history_len=200`, workdir ..._L200) and, unless random_encoder, its weights.
   # At 50 events: seed 0 of the stage-1 benchmark's AR early-fusion row (protocol
   # 'standard'; it shares the vocabularies of stage 2's full-window data).
-  c.userllm.encoder_workdir = ('workdirs/stage1/standard/ar_early_s0' if a.history_len == 50
-                               else f'workdirs/stage1_ar_early_L{a.history_len}')
+  c.userllm.encoder_workdir = encoder_workdir(dataset, a.history_len)
   c.userllm.random_encoder = a.random_encoder  # Ablation: its architecture, fresh weights.
 
   c.train = ml_collections.ConfigDict()

@@ -10,6 +10,9 @@ See data_pipelines/README.md and docs/contracts.md for formats, tasks and batche
 
 from data_pipelines._config import default_data_config
 from data_pipelines._config import default_data_path
+from data_pipelines._io import BadInput
+from data_pipelines._io import InputError
+from data_pipelines._io import MissingInput
 from data_pipelines._io import ReadLog
 from data_pipelines._io import sha256_file
 from data_pipelines._pipeline import Example

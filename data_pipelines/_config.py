@@ -16,12 +16,15 @@ NOUNS = {
 }
 
 
-def default_data_path() -> str:
-  """$USER_LLM_DATA, else ../shared/data/ml-latest-small next to the repo."""
+# Folder of each dataset under ../shared/data when $USER_LLM_DATA is not set.
+_FOLDERS = {'movielens': 'ml-latest-small', 'amazon': 'amazon', 'google_local': 'google_local'}
+
+
+def default_data_path(name: str = 'movielens') -> str:
+  """$USER_LLM_DATA, else ../shared/data/<ml-latest-small | amazon | google_local>."""
   return os.environ.get(
       'USER_LLM_DATA',
-      os.path.normpath(os.path.join(_REPO, '..', 'shared', 'data',
-                                    'ml-latest-small')))
+      os.path.normpath(os.path.join(_REPO, '..', 'shared', 'data', _FOLDERS[name])))
 
 
 def default_cache_dir() -> str:
@@ -37,12 +40,18 @@ def default_data_config(name: str = 'movielens',
   others only change how the Grain pipeline reads it.
   """
   if name not in NAMES:
-    raise ValueError(f'Unknown dataset {name!r}; expected one of {NAMES}.')
+    from data_pipelines._io import BadInput  # pylint: disable=g-import-not-at-top
+    raise BadInput(f'Unknown dataset {name!r} (data.name / --name); expected one of '
+                   f'{", ".join(NAMES)}.')
   c = ml_collections.ConfigDict()
   c.name = name  # (prep) 'movielens' | 'amazon' | 'google_local'.
-  c.path = path or default_data_path()  # (prep) Release folder (or review file).
-  c.reviews_file = ''  # (prep) Amazon/Google: explicit review file (else glob).
-  c.meta_file = ''  # (prep) Amazon/Google: explicit metadata file (else glob).
+  c.path = path or default_data_path(name)  # (prep) Release folder (or review file).
+  # (prep) Explicit review file (MovieLens: ratings file); overrides `path`. '' = the
+  # published name in `path`, else its only *.json[.gz] (a renamed Amazon file).
+  c.reviews_file = ''
+  # (prep) Explicit item file (Amazon meta_*, Google meta-* / places.clean.json,
+  # MovieLens movies); '' = looked for next to the review file.
+  c.meta_file = ''
   c.cache_dir = default_cache_dir()  # Preprocessed ArrayRecords + manifest.json.
   # (prep) History events U before each target (paper: 50; also 200, 500). A window
   # is U + 1 events (history + target).
@@ -55,7 +64,10 @@ def default_data_config(name: str = 'movielens',
   c.valid_events = 1  # (prep) Validation targets per user: the events before the test ones.
   # (prep) Allow histories shorter than history_len (left-padded): every user with
   # test_events + valid_events + 2 events is kept, as in the standard leave-one-out.
-  c.pad_short = False
+  # On for the review datasets: 5-core timelines are short (Amazon 2014 Musical
+  # Instruments: 107 of 1,429 users have the 12 events a 10-event history needs), so
+  # full windows would drop most users.
+  c.pad_short = name != 'movielens'
   c.min_count = 1  # (prep) Training occurrences an item/genre needs for an id.
   c.amazon_category_level = 1  # (prep) Level of the Amazon category path = genre.
   c.features = ('item', 'genre', 'rating')  # Categorical features in batches.

@@ -11,14 +11,19 @@ Cache layout, in `cache_dir/<name>_L<history_len>_S<stride>_<config hash>/`:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import fcntl
 import functools
+import glob
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-from typing import Any
+import time
+from typing import Any, Iterator
 
 from absl import logging
 from array_record.python import array_record_module
@@ -27,10 +32,12 @@ import ml_collections
 import numpy as np
 
 from data_pipelines import _io, _movielens, _records, _reviews, _timelines
-from data_pipelines._config import NOUNS, PREP_FIELDS, default_data_config
+from data_pipelines._config import NAMES, NOUNS, PREP_FIELDS, default_data_config
 from data_pipelines._vocab import Vocab
 
-FORMAT_VERSION = 3  # 2: users.json (raw user ids); 3: test/valid events, pad_short.
+# 2: users.json (raw user ids); 3: test/valid events, pad_short; 4: file digests,
+# duplicate events dropped, review texts HTML-unescaped.
+FORMAT_VERSION = 4
 SPLITS = _timelines.SPLITS
 
 
@@ -71,9 +78,10 @@ def _renamed_seq_len(prep: dict[str, Any]) -> dict[str, Any]:
 
 
 def find_sources(config: ml_collections.ConfigDict) -> dict[str, str | None]:
-  """The source files of `config.data` (raises FileNotFoundError naming paths)."""
+  """The source files of `config.data` (raises MissingInput naming the paths)."""
   if config.name == 'movielens':
-    return _movielens.find_sources(config.path)
+    return _movielens.find_sources(config.path, config.get('reviews_file') or None,
+                                   config.get('meta_file') or None)
   return _reviews.find_sources(config.name, config.path,
                                config.get('reviews_file') or None,
                                config.get('meta_file') or None)
@@ -176,7 +184,8 @@ class Prepared:
 def _write(built: _timelines.Built, root: str) -> None:
   writer = array_record_module.ArrayRecordWriter(
       os.path.join(root, 'timelines.array_record'), 'group_size:1')
-  for t in built.timelines:
+  for u in range(len(built.users)):
+    t = built.timeline(u)
     writer.write(_records.encode(t.table, t.texts))
   writer.close()
   for split, w in built.windows.items():
@@ -186,66 +195,153 @@ def _write(built: _timelines.Built, root: str) -> None:
   with open(os.path.join(root, 'items.json'), 'w') as f:
     json.dump([list(i) for i in built.items], f, ensure_ascii=False)
   with open(os.path.join(root, 'users.json'), 'w') as f:  # Raw user id per record.
-    json.dump([str(t.user) for t in built.timelines], f)
+    json.dump(built.users, f)
+
+
+def _file_digests(root: str) -> dict[str, list]:
+  """[bytes, sha256] of every cache file but the manifest (checked before reuse)."""
+  return {name: [os.path.getsize(os.path.join(root, name)),
+                 _io.sha256_file(os.path.join(root, name))]
+          for name in sorted(os.listdir(root)) if name != 'manifest.json'}
+
+
+def _reusable(root: str, prep: dict[str, Any], hashes: dict[str, str]) -> bool:
+  """Whether `root` holds a complete cache of `prep` built from sources `hashes`.
+
+  A cache whose files do not match the sizes and SHA-256 its manifest recorded (a
+  partial copy, a damaged disk, an edited file) is rebuilt, never trusted.
+  """
+  path = os.path.join(root, 'manifest.json')
+  if not os.path.isfile(path):
+    return False
+  try:
+    with open(path) as f:
+      old = json.load(f)
+    if not (old.get('version') == FORMAT_VERSION and old.get('config') == prep
+            and old.get('source_sha256') == hashes):
+      logging.info('data: sources or config changed, rebuilding %s', root)
+      return False
+    if _file_digests(root) != old['files']:
+      logging.warning('data: cache files in %s do not match its manifest, rebuilding', root)
+      return False
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    logging.warning('data: unreadable cache %s (%s), rebuilding', root, e)
+    return False
+  return True
 
 
 def _statistics(built: _timelines.Built, log: _io.ReadLog) -> dict[str, Any]:
   return {
-      'users': len(built.timelines),
+      'users': len(built.users),
       'items': len(built.items),
-      'events': int(sum(len(t.texts) for t in built.timelines)),
+      'events': built.num_events,
       'windows': {s: int(len(w)) for s, w in built.windows.items()},
       'vocab_sizes': {k: v.size for k, v in built.vocabs.items()},
       'skipped': dict(sorted(log.counts.items())),
   }
 
 
+@contextlib.contextmanager
+def _locked(path: str) -> Iterator[None]:
+  """An exclusive lock on `path` (created): one process builds a cache, others wait."""
+  with open(path, 'a') as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _make_cache_dir(cache_dir: str) -> None:
+  try:
+    os.makedirs(cache_dir, exist_ok=True)
+  except FileExistsError:
+    raise _io.BadInput(f'data.cache_dir {cache_dir} is a file; set data.cache_dir '
+                       '(--config.data.cache_dir) to a folder.') from None
+  except PermissionError:
+    raise _io.BadInput(f'Cannot create data.cache_dir {cache_dir} (permission denied); '
+                       'set data.cache_dir to a writable folder.') from None
+  if not os.access(cache_dir, os.W_OK):
+    raise _io.BadInput(f'data.cache_dir {cache_dir} is not writable; set data.cache_dir '
+                       'to a writable folder.')
+
+
+def _build(config: ml_collections.ConfigDict, sources: dict[str, str | None],
+           prep: dict[str, Any], hashes: dict[str, str], root: str) -> None:
+  """Reads the sources and writes the cache into `root`, replacing it atomically."""
+  t0 = time.time()
+  log = _io.ReadLog(strict=config.strict)
+  raw = _read(config, sources, log)
+  logging.info('data: read %d events in %.1f s', len(raw.events), time.time() - t0)
+  built = _timelines.build(raw, log, config.history_len, config.stride,
+                           prep['min_events'], prep['min_count'], prep['test_events'],
+                           prep['valid_events'], prep['pad_short'])
+  del raw
+  log.report()
+  # Written next to the target and renamed, so a crash never leaves a half cache.
+  prefix = f'.tmp_{os.path.basename(root)}_'
+  for stale in glob.glob(os.path.join(config.cache_dir, prefix + '*')):
+    shutil.rmtree(stale, ignore_errors=True)  # Left by a killed build (we hold the lock).
+  tmp = tempfile.mkdtemp(dir=config.cache_dir, prefix=prefix)
+  try:
+    _write(built, tmp)
+    manifest = {
+        'version': FORMAT_VERSION,
+        'config': prep,
+        'sources': {role: p for role, p in sources.items() if p},
+        'source_sha256': hashes,
+        'stats': _statistics(built, log),
+        'num_records': {s: int(len(w)) for s, w in built.windows.items()},
+        'files': _file_digests(tmp),
+    }
+    with open(os.path.join(tmp, 'manifest.json'), 'w') as f:
+      json.dump(manifest, f, indent=1)
+  except OSError as e:
+    shutil.rmtree(tmp, ignore_errors=True)
+    if e.errno == errno.ENOSPC:
+      raise _io.BadInput(f'No space left on the device of data.cache_dir {config.cache_dir} '
+                         'while writing the data cache (nothing kept); free space or set '
+                         'data.cache_dir elsewhere.') from None
+    raise
+  old = root + '.old'
+  if os.path.isdir(root):
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(root, old)  # Open readers keep their files until they close them.
+  os.replace(tmp, root)
+  shutil.rmtree(old, ignore_errors=True)
+  logging.info('data: prepared %s in %.1f s: %s', root, time.time() - t0, manifest['stats'])
+
+
+def cache_root(config: ml_collections.ConfigDict) -> str:
+  """The cache folder of `config.data`, keyed by the fields that change the data."""
+  prep = _prep_config(config)
+  key = hashlib.sha256(json.dumps(prep, sort_keys=True).encode()).hexdigest()[:10]
+  return os.path.join(config.cache_dir,
+                      f'{config.name}_L{config.history_len}_S{config.stride}_{key}')
+
+
 def prepare(config: ml_collections.ConfigDict) -> Prepared:
   """Preprocesses `config` (the `config.data` section) once; reuses the cache after.
 
+  Safe when several processes prepare the same cache at once: the first builds it
+  under a file lock, the others wait and reuse it.
+
   Raises:
-    FileNotFoundError: a source file is missing (the message names the paths).
-    ValueError: a malformed row with strict=True (names file and line), or no
-      user long enough for a window.
+    InputError (MissingInput / BadInput, also FileNotFoundError / ValueError): a
+      missing or unreadable source, a malformed row with strict=True (names file
+      and line), an unusable cache_dir, or no user long enough for a window.
   """
+  if config.get('name') not in NAMES:
+    raise _io.BadInput(f'Unknown dataset {config.get("name")!r} (data.name); expected one '
+                       f'of {", ".join(NAMES)}.')
   sources = find_sources(config)
   prep = _prep_config(config)
-  key = hashlib.sha256(json.dumps(prep, sort_keys=True).encode()).hexdigest()[:10]
-  root = os.path.join(config.cache_dir,
-                      f'{config.name}_L{config.history_len}_S{config.stride}_{key}')
+  root = cache_root(config)
   hashes = {role: _io.sha256_file(p) for role, p in sources.items() if p}
-  manifest_path = os.path.join(root, 'manifest.json')
-  if os.path.isfile(manifest_path):
-    with open(manifest_path) as f:
-      old = json.load(f)
-    if (old.get('version') == FORMAT_VERSION and old.get('config') == prep
-        and old.get('source_sha256') == hashes):
+  _make_cache_dir(config.cache_dir)
+  with _locked(root + '.lock'):
+    if _reusable(root, prep, hashes):
       logging.info('data: reusing %s', root)
-      return Prepared(root, config.to_dict())
-    logging.info('data: sources or config changed, rebuilding %s', root)
-
-  log = _io.ReadLog(strict=config.strict)
-  raw = _read(config, sources, log)
-  built = _timelines.build(raw, log, config.history_len, config.stride,
-                           prep['min_events'], config.min_count, prep['test_events'],
-                           prep['valid_events'], prep['pad_short'])
-  log.report()
-  os.makedirs(config.cache_dir, exist_ok=True)
-  # Write next to the target and rename, so a crash never leaves a half cache.
-  tmp = tempfile.mkdtemp(dir=config.cache_dir, prefix='.tmp_')
-  _write(built, tmp)
-  manifest = {
-      'version': FORMAT_VERSION,
-      'config': prep,
-      'sources': {role: p for role, p in sources.items() if p},
-      'source_sha256': hashes,
-      'stats': _statistics(built, log),
-      'num_records': {s: int(len(w)) for s, w in built.windows.items()},
-  }
-  with open(os.path.join(tmp, 'manifest.json'), 'w') as f:
-    json.dump(manifest, f, indent=1)
-  if os.path.isdir(root):
-    shutil.rmtree(root)
-  os.replace(tmp, root)
-  logging.info('data: prepared %s: %s', root, manifest['stats'])
+    else:
+      _build(config, sources, prep, hashes, root)
   return Prepared(root, config.to_dict())

@@ -61,12 +61,31 @@ class Timeline:
 
 @dataclasses.dataclass
 class Built:
-  """Everything `build` derives from RawData (what the cache stores)."""
+  """Everything `build` derives from RawData (what the cache stores).
 
-  timelines: list[Timeline]
+  The kept users' events are held as columns sorted by (user, time); `timeline(u)`
+  cuts one user's table out of them, so no per-user copy exists all at once.
+  """
+
+  users: list[str]  # Raw id of each kept user, by record index.
+  starts: np.ndarray  # int64[U + 1]: user u's events are rows starts[u]:starts[u + 1].
+  columns: np.ndarray  # int32[N, len(COLUMNS) - 1]: every column but the timestamp.
+  timestamps: np.ndarray  # int64[N]
+  text_ids: np.ndarray  # int32[N]: index into text_pool (-1 = its last entry, '').
+  text_pool: list[str]
   vocabs: dict[str, Vocab]
   items: list[tuple[str, str, tuple[str, ...]]]  # (raw id, name, genres) by index.
   windows: dict[str, np.ndarray]  # split -> int32[N, 3]: (user, target, has_text)
+
+  @property
+  def num_events(self) -> int:
+    return int(self.starts[-1])
+
+  def timeline(self, u: int) -> Timeline:
+    a, b = self.starts[u], self.starts[u + 1]
+    table = np.concatenate([self.columns[a:b], self.timestamps[a:b, None]], axis=1)
+    pool = self.text_pool
+    return Timeline(self.users[u], table, [pool[i] for i in self.text_ids[a:b].tolist()])
 
 
 def split_targets(n: int, history_len: int, stride: int, test_events: int = 1,
@@ -80,10 +99,68 @@ def split_targets(n: int, history_len: int, stride: int, test_events: int = 1,
   return {'train': train, 'validation': valid, 'test': test}
 
 
+def split_windows(lengths: np.ndarray, history_len: int, stride: int, test_events: int = 1,
+                  valid_events: int = 1, pad_short: bool = False) -> dict[str, np.ndarray]:
+  """`split_targets` of every user at once: split -> int32[N, 3] rows (user, target, 0),
+  user-major, each user's targets latest first (the order `split_targets` lists them)."""
+  lengths = np.asarray(lengths, np.int64)
+  users = np.arange(len(lengths))
+  first = 1 if pad_short else history_len
+
+  def rows(user, target):
+    keep = target >= first
+    return np.stack([user[keep], target[keep], np.zeros(keep.sum(), np.int64)],
+                    axis=1).astype(np.int32)
+
+  def latest(k, skip):  # Targets n-1-skip, ..., n-k-skip of each user, user-major.
+    j = np.tile(np.arange(k), len(lengths))
+    user = np.repeat(users, k)
+    return rows(user, lengths[user] - 1 - skip - j)
+
+  last = lengths - 1 - test_events - valid_events  # Latest training target.
+  count = np.where(last >= first, (last - first) // stride + 1, 0)
+  user = np.repeat(users, count)
+  step = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
+  return {'train': rows(user, last[user] - stride * step),
+          'validation': latest(valid_events, test_events), 'test': latest(test_events, 0)}
+
+
 def default_min_events(history_len: int, test_events: int = 1, valid_events: int = 1,
                        pad_short: bool = False) -> int:
   """Fewest events that give every validation and test target its window."""
   return test_events + valid_events + (2 if pad_short else history_len)
+
+
+def _dedup_and_sort(raw: RawData, log: _io.ReadLog) -> np.ndarray:
+  """Indices of the events to keep, sorted by (user, time, file order).
+
+  Dropped and counted: events of items absent from `raw.items`, and repeats of an
+  earlier event with the same user, item and time (Amazon 2018 has such duplicates).
+  Users are ordered by their first kept event in the file.
+  """
+  cols = raw.events.columns()
+  known = np.array([i in raw.items for i in raw.events.item_ids], bool)
+  unknown = np.flatnonzero(~known[cols['item']]) if len(cols['item']) else []
+  for i in unknown[:5]:
+    log.count('events_with_unknown_item', 0, example=f'user {raw.events.user_ids[cols["user"][i]]}'
+              f' item {raw.events.item_ids[cols["item"][i]]}')
+  if len(unknown):
+    log.count('events_with_unknown_item', len(unknown))
+  idx = np.flatnonzero(known[cols['item']]) if len(cols['item']) else np.zeros(0, np.int64)
+  user, item, time = cols['user'][idx], cols['item'][idx], cols['timestamp'][idx]
+  # Equal (user, item, time): the first in file order stays (lexsort is stable).
+  order = np.lexsort((item, time, user))
+  same = ((user[order[1:]] == user[order[:-1]]) & (item[order[1:]] == item[order[:-1]])
+          & (time[order[1:]] == time[order[:-1]]))
+  if same.any():
+    log.count('duplicate_events', int(same.sum()))
+    keep = np.ones(len(idx), bool)
+    keep[order[1:][same]] = False
+    idx, user, time = idx[keep], user[keep], time[keep]
+  firsts = np.unique(user, return_index=True)[1]  # First kept event of each user id.
+  rank = np.empty(len(raw.events.user_ids), np.int64)
+  rank[user[np.sort(firsts)]] = np.arange(len(firsts))
+  return idx[np.lexsort((time, rank[user]))]
 
 
 def build(raw: RawData, log: _io.ReadLog, history_len: int, stride: int,
@@ -93,7 +170,8 @@ def build(raw: RawData, log: _io.ReadLog, history_len: int, stride: int,
 
   Args:
     raw: reader output.
-    log: counters ('events_with_unknown_item', 'users_too_short', ...).
+    log: counters ('events_with_unknown_item', 'duplicate_events',
+      'users_too_short', ...).
     history_len: history events U before each target (a window: U + 1 events).
     stride: step between consecutive windows of a user.
     min_events: users with fewer events are dropped (default_min_events()).
@@ -102,68 +180,79 @@ def build(raw: RawData, log: _io.ReadLog, history_len: int, stride: int,
     pad_short: allow histories shorter than history_len (left-padded downstream).
   """
   if history_len < 1 or stride < 1 or test_events < 1 or valid_events < 0:
-    raise ValueError(f'history_len ({history_len}), stride ({stride}), test_events ({test_events}) '
-                     f'must be >= 1 and valid_events ({valid_events}) >= 0.')
+    raise _io.BadInput(f'history_len ({history_len}), stride ({stride}), test_events '
+                       f'({test_events}) must be >= 1 and valid_events ({valid_events}) >= 0; '
+                       'fix these data config fields.')
   need = default_min_events(history_len, test_events, valid_events, pad_short)
   min_events = need if min_events is None else min_events
   if min_events < need:
-    raise ValueError(f'min_events={min_events} < {need}: the test and validation windows '
-                     f'of a user that short do not fit (history_len={history_len}, '
-                     f'test_events={test_events}, valid_events={valid_events}, '
-                     f'pad_short={pad_short}).')
+    raise _io.BadInput(
+        f'data.min_events={min_events} < {need}: the test and validation windows of a user '
+        f'that short do not fit (history_len={history_len}, test_events={test_events}, '
+        f'valid_events={valid_events}, pad_short={pad_short}); use -1 (the fewest that fit).')
 
-  by_user: dict[str, list[int]] = collections.defaultdict(list)
-  for i, e in enumerate(raw.events):
-    if e.item not in raw.items:
-      log.count('events_with_unknown_item', example=f'user {e.user} item {e.item}')
-      continue
-    by_user[e.user].append(i)
+  order = _dedup_and_sort(raw, log)
+  cols = raw.events.columns()
+  user, item = cols['user'][order], cols['item'][order]
+  starts = np.flatnonzero(np.diff(user)) + 1 if len(user) else np.zeros(0, np.int64)
+  starts = np.concatenate([[0], starts, [len(user)]]).astype(np.int64)
+  lengths = np.diff(starts)
+  position = np.arange(len(user)) - np.repeat(starts[:-1], lengths)
 
   # Vocabularies from the training part of every user (kept or not, see above).
+  train = position < np.repeat(np.maximum(lengths - test_events - valid_events, 0), lengths)
+  counts = np.bincount(item[train], minlength=len(raw.events.item_ids))
   item_counts, genre_counts = collections.Counter(), collections.Counter()
-  kept: list[tuple[str, list[int]]] = []
-  for user, idx in by_user.items():
-    # Python's sort is stable: equal timestamps keep file order.
-    idx = sorted(idx, key=lambda i: raw.events[i].timestamp)
-    for i in idx[:max(len(idx) - test_events - valid_events, 0)]:
-      item = raw.events[i].item
-      item_counts[item] += 1
-      genre_counts.update(raw.items[item].genres)
-    if len(idx) < min_events:
-      log.count('users_too_short')
-      log.count('events_of_short_users', len(idx))
-      continue
-    kept.append((user, idx))
-  if not kept:
-    raise ValueError(f'No user has >= {min_events} events (history_len={history_len}); '
-                     f'counts: {dict(log.counts)}')
-
-  windows = {s: [] for s in SPLITS}
-  for u, (_, idx) in enumerate(kept):
-    targets = split_targets(len(idx), history_len, stride, test_events, valid_events, pad_short)
-    for split in SPLITS:
-      windows[split].extend((u, t, int(bool(raw.events[idx[t]].text))) for t in targets[split])
+  for i in np.flatnonzero(counts):
+    raw_id, n = raw.events.item_ids[i], int(counts[i])
+    item_counts[raw_id] = n
+    for g in raw.items[raw_id].genres:
+      genre_counts[g] += n
   vocabs = {
       'item': Vocab.from_counts(item_counts, min_count),
       'genre': Vocab.from_counts(genre_counts, min_count),
       'rating': Vocab(RATING_VALUES),
   }
 
-  item_index: dict[str, int] = {}
+  kept = lengths >= min_events
+  if (~kept).any():
+    log.count('users_too_short', int((~kept).sum()))
+    log.count('events_of_short_users', int(lengths[~kept].sum()))
+  if not kept.any():
+    raise _io.BadInput(
+        f'No user has >= {min_events} events (history_len={history_len}, '
+        f'pad_short={pad_short}); counts: {dict(log.counts)}; lower data.history_len, or set '
+        'data.pad_short=True to keep short users with left-padded histories.')
+  rows = np.repeat(kept, lengths)
+  order, user, item = order[rows], user[rows], item[rows]
+  kept_lengths = lengths[kept]
+  starts = np.concatenate([[0], np.cumsum(kept_lengths)]).astype(np.int64)
+  users = [raw.events.user_ids[u] for u in user[starts[:-1]]]
+  text = cols['text'][order]
+
+  # Catalogue index: items in order of first appearance over the kept timelines.
+  uniq, first = np.unique(item, return_index=True)
+  catalogue = uniq[np.argsort(first)]
+  index_of = np.zeros(len(raw.events.item_ids), np.int32)
+  index_of[catalogue] = np.arange(len(catalogue))
   items = []
-  timelines = []
-  for user, idx in kept:
-    table = np.zeros((len(idx), len(COLUMNS)), np.int64)
-    for row, i in enumerate(idx):
-      e = raw.events[i]
-      if e.item not in item_index:
-        item_index[e.item] = len(items)
-        meta = raw.items[e.item]
-        items.append((e.item, meta.name, meta.genres))
-      table[row] = (item_index[e.item], vocabs['item'].id(e.item),
-                    vocabs['genre'].id(raw.items[e.item].genres[0]),
-                    vocabs['rating'].id(rating_bucket(e.rating)), e.timestamp)
-    timelines.append(Timeline(user, table,
-                              [raw.events[i].text for i in idx]))
-  arrays = {s: np.asarray(w, np.int32).reshape(-1, 3) for s, w in windows.items()}
-  return Built(timelines, vocabs, items, arrays)
+  item_id = np.zeros(len(raw.events.item_ids), np.int32)
+  genre_id = np.zeros(len(raw.events.item_ids), np.int32)
+  for i in catalogue:
+    raw_id = raw.events.item_ids[i]
+    meta = raw.items[raw_id]
+    items.append((raw_id, meta.name, meta.genres))
+    item_id[i], genre_id[i] = vocabs['item'].id(raw_id), vocabs['genre'].id(meta.genres[0])
+  ratings = cols['rating'][order]
+  values, inverse = np.unique(ratings, return_inverse=True)
+  rating_ids = np.array([vocabs['rating'].id(rating_bucket(None if np.isnan(v) else float(v)))
+                         for v in values], np.int32)
+  columns = np.stack([index_of[item], item_id[item], genre_id[item],
+                      rating_ids[inverse.reshape(-1)]], axis=1)
+
+  windows = split_windows(kept_lengths, history_len, stride, test_events, valid_events,
+                          pad_short)
+  for w in windows.values():  # Column 2: does the target have a text?
+    w[:, 2] = text[starts[w[:, 0]] + w[:, 1]] >= 0
+  return Built(users, starts, columns, cols['timestamp'][order], text,
+               raw.events.text_pool(), vocabs, items, windows)

@@ -36,4 +36,4 @@ def main(argv):
 
 if __name__ == '__main__':
   jax.config.config_with_absl()
-  app.run(main)
+  app.run(common.exit_on_user_error(main), flags_parser=common.parse_flags)

@@ -22,6 +22,23 @@ import orbax.checkpoint as ocp
 STATE, DATA_ITER = 'state', 'data_iter'
 
 
+class CheckpointError(RuntimeError):
+  """A checkpoint or workdir that cannot be used; the message names it and the fix."""
+
+
+def make_workdir(workdir: str) -> None:
+  """Creates the run directory; a path that is a file, or one that cannot be created,
+  is a CheckpointError naming it."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise CheckpointError(f'--workdir {workdir} is a file; give a folder (a new one, or an '
+                          'earlier run to resume).')
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise CheckpointError(f'Cannot create --workdir {workdir} ({e.strerror}); give a '
+                          'writable folder.') from None
+
+
 class Checkpointer:
   """CheckpointManager over `workdir/checkpoints` with items `state` and `data_iter`."""
 

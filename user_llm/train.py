@@ -158,7 +158,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   `workdir`.
   """
   t_start = time.time()
-  os.makedirs(workdir, exist_ok=True)
+  checkpointing.make_workdir(workdir)  # A workdir that is a file: one clear error.
   if jax.process_index() == 0:  # The run's record: launch.generate and stage 2 read it.
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=1))
