@@ -60,18 +60,30 @@ def answer(exp, params, raw_user_id: str, prompts: list[str], max_new_tokens: in
   n = len(prompts)
   user = jax.tree.map(lambda x: jnp.repeat(x, n, axis=0), user)
   tok = exp.tokenizer
-  ids = [[tok.bos_id] + tok.encode(p if p.endswith('\n') else p + '\n') for p in prompts]
-  if temperature > 0 and top_k > 0:
-    method = gm.text.TopkSampling(temperature=temperature, k=top_k)
-  elif temperature > 0:
-    method = gm.text.RandomSampling(temperature=temperature)
-  else:
-    method = gm.text.Greedy()
-  # Prompt lengths rounded up to 32: questions of similar length share one compiled
-  # prefill (and the persistent compilation cache) instead of compiling per length.
-  length = -(-max(len(i) for i in ids) // 32) * 32
-  ctx = decoding.prefill(exp.model, params, jnp.asarray(decoding.left_pad(ids, length)), user,
+  ids = [prompt_ids(tok, p) for p in prompts]
+  ctx = decoding.prefill(exp.model, params, jnp.asarray(padded_prompts(ids)), user,
                          max_new_tokens)
   out = decoding.sample(exp.model, params, ctx, max_new_tokens=max_new_tokens,
-                        rng=jax.random.PRNGKey(seed), sampling=method, stop_tokens=tok.stop_ids)
+                        rng=jax.random.PRNGKey(seed),
+                        sampling=sampling_method(temperature, top_k), stop_tokens=tok.stop_ids)
   return [tok.decode(r) for r in decoding.trim(np.asarray(out), tok.stop_ids)]
+
+
+def prompt_ids(tokenizer, prompt: str) -> list[int]:
+  """BOS + the question, ended by a newline (as the stage-2 prompts are)."""
+  return [tokenizer.bos_id] + tokenizer.encode(prompt if prompt.endswith('\n') else prompt + '\n')
+
+
+def padded_prompts(ids: list[list[int]], multiple: int = 32) -> np.ndarray:
+  """int32[B, L] left-padded, L rounded up to `multiple`: questions of similar length
+  share one compiled prefill (and the persistent compilation cache)."""
+  return decoding.left_pad(ids, -(-max(len(i) for i in ids) // multiple) * multiple)
+
+
+def sampling_method(temperature: float = 0.0, top_k: int = 0) -> gm.text.SamplingMethod:
+  """Greedy at temperature 0, else random (top-k if top_k > 0) sampling."""
+  if temperature > 0 and top_k > 0:
+    return gm.text.TopkSampling(temperature=temperature, k=top_k)
+  if temperature > 0:
+    return gm.text.RandomSampling(temperature=temperature)
+  return gm.text.Greedy()

@@ -1,0 +1,36 @@
+"""A tiny trained stage-2 run to serve (tiny Gemma, byte tokenizer, 8-event encoder)."""
+
+import pytest
+
+from configs import movielens_pretrain
+from configs import testing
+from user_llm import generation
+from user_llm import train
+from user_llm.testing import write_movielens
+
+
+@pytest.fixture(scope='session')
+def served_workdir(tmp_path_factory):
+  """A cross-attention run trained one step on a stage-1 encoder trained a few."""
+  data = write_movielens(tmp_path_factory.mktemp('ml'))
+  cfg = movielens_pretrain.get_config('runlocal')
+  cfg.data.path = str(data)
+  cfg.data.cache_dir = str(tmp_path_factory.mktemp('cache1'))
+  cfg.train.async_checkpoint = False
+  stage1 = tmp_path_factory.mktemp('stage1')
+  train.train_and_evaluate(cfg, str(stage1))
+  cfg = testing.tiny_userllm_config()
+  cfg.data.path = str(data)
+  cfg.data.cache_dir = str(tmp_path_factory.mktemp('cache2'))
+  cfg.userllm.encoder_workdir = str(stage1)
+  cfg.train.async_checkpoint = False
+  cfg.train.num_steps = 1
+  workdir = tmp_path_factory.mktemp('stage2')
+  train.train_and_evaluate(cfg, str(workdir))
+  return workdir
+
+
+@pytest.fixture(scope='session')
+def served_run(served_workdir):
+  """(experiment, params) of `served_workdir`, loaded as launch.serve loads it."""
+  return generation.load_run(str(served_workdir))
