@@ -39,10 +39,10 @@ def tiny_gemma_for_bytes() -> gm.nn.config.TransformerConfig:
   return tiny_gemma_config(vocab=260)
 
 
-def tiny_userllm_config(arg: str = '') -> ml_collections.ConfigDict:
-  """configs/movielens_userllm.py:runlocal,ARG on the tiny Gemma, the byte tokenizer and
-  8-event windows (the length of configs/movielens_pretrain.py:runlocal's encoder)."""
-  c = movielens_userllm.get_config(','.join(filter(None, ['runlocal', arg])))
+def tiny_userllm_config(arg: str = '', dataset: str = 'movielens') -> ml_collections.ConfigDict:
+  """configs/movielens_userllm.py:runlocal,ARG (of `dataset`) on the tiny Gemma, the byte
+  tokenizer and 8-event windows (the length of configs/*_pretrain.py:runlocal's encoder)."""
+  c = movielens_userllm.get_config(','.join(filter(None, ['runlocal', arg])), dataset=dataset)
   c.data.history_len = 8
   c.data.max_prompt_tokens = 24 * 8 + 64 if c.userllm.mode == 'text_prompt' else 32
   c.data.max_answer_tokens = 16

@@ -40,7 +40,8 @@ def statistics(prepared: Prepared, tokenizer: Tokenizer) -> dict[str, Any]:
   history = {}
   for split in _timelines.SPLITS:
     w = prepared.windows(split)
-    tokens = np.array([header + cumsums[s][t] - cumsums[s][t - u] for s, t, _ in w])
+    # A left-padded (pad_short) history starts at the user's first event.
+    tokens = np.array([header + cumsums[s][t] - cumsums[s][max(t - u, 0)] for s, t, _ in w])
     history[split] = ({'mean': float(tokens.mean()),
                        'p95': float(np.percentile(tokens, 95))} if len(tokens)
                       else {'mean': 0.0, 'p95': 0.0})
