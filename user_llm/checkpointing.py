@@ -10,7 +10,9 @@ existing run, e.g. after preemption or kill -9); 2. an explicit init checkpoint
 3. scratch, with the experiment's `load_pretrained` hook.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+import contextlib
+import errno
 import os
 from typing import Any
 
@@ -53,25 +55,62 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
+  @contextlib.contextmanager
+  def _disk_full_is_an_error(self, step: int | None) -> Iterator[None]:
+    """A full disk while saving (now, or in the async save's thread) becomes a
+    CheckpointError naming the checkpoints kept; orbax writes into a temporary folder
+    and renames it when done, so the earlier checkpoints are untouched."""
+    try:
+      yield
+    except Exception as e:  # pylint: disable=broad-except
+      cause = e
+      while cause is not None and getattr(cause, 'errno', None) != errno.ENOSPC:
+        cause = cause.__cause__ or cause.__context__
+      if cause is None:
+        raise
+      kept = sorted(s for s in self.manager.all_steps() if s != step)
+      resume = f'resume from step {kept[-1]}' if kept else 'start again'
+      raise CheckpointError(
+          f'No space left on the device of {self.directory} while saving a checkpoint'
+          f'{"" if step is None else f" (step {step})"}; the checkpoints already written '
+          f'are kept (steps {kept}): free space and relaunch to {resume}.') from None
+
   def save(self, step: int, state: Any, data_iter: grain.DatasetIterator | None) -> None:
     """Saves state and (if given) iterator state at `step`; async unless configured."""
     items = {STATE: ocp.args.StandardSave(state)}
     if data_iter is not None:
       items[DATA_ITER] = grain.checkpoint.CheckpointSave(data_iter)
-    self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+    with self._disk_full_is_an_error(step):
+      self.manager.save(step, args=ocp.args.Composite(**items), force=True)
 
   def restore(self, step: int, abstract_state: Any, data_iter=None) -> Any:
-    """Restores the state (onto the shardings of `abstract_state`) and the iterator in place."""
+    """Restores the state (onto the shardings of `abstract_state`) and the iterator in place.
+
+    Raises:
+      CheckpointError: the checkpoint cannot be read (damaged files, a partial copy);
+        the message names it and the older checkpoint a relaunch would use.
+    """
     items = {STATE: ocp.args.StandardRestore(abstract_state)}
     if data_iter is not None:
       items[DATA_ITER] = grain.checkpoint.CheckpointRestore(data_iter)
-    return self.manager.restore(step, args=ocp.args.Composite(**items))[STATE]
+    try:
+      return self.manager.restore(step, args=ocp.args.Composite(**items))[STATE]
+    except Exception as e:  # pylint: disable=broad-except
+      where = os.path.join(self.directory, str(step))
+      older = [s for s in self.manager.all_steps() if s < step]
+      then = (f'to resume from step {max(older)} (kept)' if older else 'to start again')
+      detail = (str(e).strip().splitlines() or [''])[0][:200]
+      raise CheckpointError(
+          f'Checkpoint {where} cannot be restored ({type(e).__name__}: {detail}); move it '
+          f'away (mv {where} {where}.bad) {then}, or use a new --workdir if the config '
+          'changed since it was written.') from e
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    with self._disk_full_is_an_error(None):
+      self.manager.wait_until_finished()
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
+    self.wait()
     self.manager.close()
 
 

@@ -242,6 +242,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     train_wall = time.time() - t_train - eval_wall  # Compilation included.
     if not eval_metrics:  # Resumed a finished run: evaluate its final state.
       eval_metrics = exp.evaluate(state['params'], step)
+  except FloatingPointError as e:  # No non-finite state is ever saved: name the kept one.
+    ckpt.wait()
+    kept = ckpt.latest_step()
+    raise FloatingPointError(
+        f'{e} The last good checkpoint, step {kept}, is kept in {ckpt.directory}: a relaunch '
+        'resumes from it (lower train.lr or check the data first).' if kept is not None else
+        f'{e} No checkpoint was written yet; lower train.lr or check the data.') from None
   finally:  # Let a pending async save finish (or fail) before leaving.
     ckpt.close()
     writer.close()
