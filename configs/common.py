@@ -45,8 +45,13 @@ def set_data_files(data: ml_collections.ConfigDict, a: ml_collections.ConfigDict
 
 
 def mesh(data: int = -1, fsdp: int = 1, tensor: int = 1):
-  """Mesh axes; -1 takes the remaining devices."""
-  return [('data', data), ('fsdp', fsdp), ('tensor', tensor)]
+  """Mesh axes; -1 takes the remaining devices.
+
+  A tuple, so that the command line can set it:
+  `--config.mesh="(('data', 2), ('fsdp', 4), ('tensor', 1))"` (config_flags cannot
+  override a list).
+  """
+  return (('data', data), ('fsdp', fsdp), ('tensor', tensor))
 
 
 def encoder_sharding_rules():

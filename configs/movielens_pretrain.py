@@ -105,7 +105,7 @@ def get_config(arg: str | None = None, dataset: str = 'movielens') -> ml_collect
   c.train.ckpt_every = 500  # Steps between Orbax checkpoints (and at the end).
   c.train.keep_checkpoints = 2  # Checkpoints kept on disk.
   c.train.async_checkpoint = True  # Save in a background thread.
-  c.train.eval_every = 0  # Steps between evaluations; 0 = only at the end.
+  c.train.eval_every = 0  # Steps between evaluations; 0 = only at the end; -1 = never.
 
   c.eval = ml_collections.ConfigDict()
   c.eval.split = 'test'  # 'test' (last window per user) | 'validation'.

@@ -121,7 +121,7 @@ def get_config(arg: str | None = None, dataset: str = 'movielens') -> ml_collect
   c.train.ckpt_every = 100
   c.train.keep_checkpoints = 1
   c.train.async_checkpoint = True
-  c.train.eval_every = 0  # Only at the end.
+  c.train.eval_every = 0  # 0 = only at the end; -1 = never (train only).
 
   c.eval = ml_collections.ConfigDict()
   c.eval.split = 'test'  # Each user's last window.

@@ -105,14 +105,27 @@ def create_train_state(config, mesh, exp: experiment_lib.Experiment,
                     from_params)
 
 
+def remat_loss(loss_fn, policy: str):
+  """`loss_fn` under `jax.checkpoint` with the `jax.checkpoint_policies` named `policy`
+  ('' = unchanged): the backward pass recomputes what the policy does not save, e.g.
+  'dots_with_no_batch_dims_saveable' keeps the weight matmuls' outputs and recomputes
+  attention probabilities and element-wise intermediates."""
+  if not policy:
+    return loss_fn
+  if not hasattr(jax.checkpoint_policies, policy):
+    raise ValueError(f'config.train.remat={policy!r} is not a jax.checkpoint_policies name.')
+  return jax.checkpoint(loss_fn, policy=getattr(jax.checkpoint_policies, policy))
+
+
 def make_train_step(exp: experiment_lib.Experiment, tx, state_sh, batch_sh, mesh):
   """`train_step` jitted with explicit shardings, donating the old state."""
   rep = sharding.replicated(mesh)
+  loss_fn = remat_loss(exp.loss_fn, exp.config.train.get('remat', ''))
   labels = optim.labels(state_sh['params'], exp.freeze_rules)
   frozen = jax.tree.map(lambda label: label == optim.FROZEN, labels)
   if not any(jax.tree.leaves(frozen)):
     frozen = None
-  return jax.jit(functools.partial(train_step, loss_fn=exp.loss_fn, tx=tx, frozen=frozen),
+  return jax.jit(functools.partial(train_step, loss_fn=loss_fn, tx=tx, frozen=frozen),
                  in_shardings=(state_sh, batch_sh, rep), out_shardings=(state_sh, rep),
                  donate_argnums=(0,))
 
@@ -198,6 +211,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   t_train = time.time()
   eval_wall = 0.0
   eval_metrics = {}
+  # eval_every -1: train only. The evaluators run host-side loops over process-local
+  # arrays (decoding, ranking), so a multi-process run only trains too; one process
+  # evaluates its checkpoint (`launch.main --num_processes=1` on the same workdir:
+  # a finished run is evaluated; `launch/tpu_vm.py eval`).
+  evaluates = tc.eval_every >= 0 and jax.process_count() == 1
+  if not evaluates:
+    logging.info('Training only (%d processes, eval_every %d); evaluate with one process '
+                 'on this workdir.', jax.process_count(), tc.eval_every)
 
   try:
     while step < tc.num_steps:
@@ -232,7 +253,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if step % tc.ckpt_every == 0 or is_last:
         _check_finite(*pending)  # Never save a non-finite state.
         ckpt.save(step, state, data_iter)
-      if (tc.eval_every and step % tc.eval_every == 0) or is_last:
+      if evaluates and ((tc.eval_every > 0 and step % tc.eval_every == 0) or is_last):
         t_eval = time.time()
         eval_metrics = exp.evaluate(state['params'], step)
         eval_wall += time.time() - t_eval
@@ -240,7 +261,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if is_last:
         break
     train_wall = time.time() - t_train - eval_wall  # Compilation included.
-    if not eval_metrics:  # Resumed a finished run: evaluate its final state.
+    if evaluates and not eval_metrics:  # Resumed a finished run: evaluate its final state.
       eval_metrics = exp.evaluate(state['params'], step)
   except FloatingPointError as e:  # No non-finite state is ever saved: name the kept one.
     ckpt.wait()
@@ -253,7 +274,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     ckpt.close()
     writer.close()
   if jax.process_index() == 0:
-    examples = exp.eval_examples()
+    examples = exp.eval_examples() if evaluates else None
     if examples is not None:
       with open(os.path.join(workdir, 'eval_examples.json'), 'w') as f:
         json.dump(examples, f)
