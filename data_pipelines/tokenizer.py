@@ -45,7 +45,7 @@ class GemmaTokenizer:
 
   def __init__(self, path: str):
     import os  # pylint: disable=g-import-not-at-top
-    if not os.path.isfile(path):
+    if '://' not in path and not os.path.isfile(path):  # gs:// is read by gm (epath).
       raise FileNotFoundError(f'Gemma tokenizer file not found: {path}')
     self.path = path
     self._tok = None

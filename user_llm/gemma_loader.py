@@ -18,6 +18,7 @@ import os
 import pathlib
 from typing import Any
 
+from etils import epath
 from flax import traverse_util
 from gemma import gm
 import jax
@@ -38,7 +39,7 @@ def converted_paths(cache_dir: str | os.PathLike) -> gemma_gguf.ConvertedGemma:
   return gemma_gguf.convert(gguf_path, cache_dir)
 
 
-def resolve_paths(llm_cfg: Any) -> tuple[pathlib.Path, pathlib.Path]:
+def resolve_paths(llm_cfg: Any) -> tuple[os.PathLike, os.PathLike]:
   """(params dir, tokenizer path) for `config.llm`, converting the GGUF if needed."""
   if not llm_cfg.checkpoint:
     if llm_cfg.model != 'Gemma3_270M':
@@ -51,7 +52,8 @@ def resolve_paths(llm_cfg: Any) -> tuple[pathlib.Path, pathlib.Path]:
     return conv.params, pathlib.Path(llm_cfg.tokenizer or conv.tokenizer)
   if not llm_cfg.tokenizer:
     raise ValueError('config.llm.tokenizer must name the tokenizer.model of config.llm.checkpoint')
-  return pathlib.Path(llm_cfg.checkpoint), pathlib.Path(llm_cfg.tokenizer)
+  # epath: an official checkpoint is a gs:// path (pathlib would fold '//' into '/').
+  return epath.Path(llm_cfg.checkpoint), epath.Path(llm_cfg.tokenizer)
 
 
 def load_tokenizer(path: str | os.PathLike) -> gm.text.Gemma3Tokenizer:
@@ -106,7 +108,7 @@ def load_params(
   Returns:
     The Gemma params tree.
   """
-  path = pathlib.Path(path)
+  path = epath.Path(path)  # Local or gs:// (the official checkpoints).
   if not path.is_dir():
     raise FileNotFoundError(f'Gemma checkpoint dir not found: {path}')
   expected = jax.eval_shape(
