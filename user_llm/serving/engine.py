@@ -120,7 +120,7 @@ class Engine:
     self.items = Items(exp.prepared)
     self.max_batch, self.max_prompt_tokens = max_batch, max_prompt_tokens
     self.max_new_tokens = max_new_tokens
-    self._cache_size = memory_cache_users
+    self.memory_cache_users = memory_cache_users  # LLM-side memories kept in RAM.
     self._cache: collections.OrderedDict[str, tuple[int, Any]] = collections.OrderedDict()
     self._cache_lock = threading.Lock()
     # Appends of one user run one at a time (striped locks: bounded memory).
@@ -135,9 +135,10 @@ class Engine:
     return self._user_locks[hash(user) % len(self._user_locks)]
 
   # ------------------------------------------------------------------ state
-  def _state(self, user: str, total: int) -> tuple[inc.EncoderState, int]:
+  def state(self, user: str, total: int) -> tuple[inc.EncoderState, int]:
     """The user's encoder state of all `total` stored events and its window start;
-    re-encoded (and written back) when missing, of another encoder, or unreadable."""
+    re-encoded (and written back) when missing, of another encoder, or unreadable.
+    Call it holding the user's lock, with `total` read under it."""
     cached = self.store.memory(user)
     if cached is not None and cached.digest == self.digest and cached.num_events == total:
       try:
@@ -167,7 +168,7 @@ class Engine:
                                  e.get('rating'), int(time.time()) if ts is None else ts))
     with self._lock(user):
       before = self.store.num_events(user)
-      state, _ = self._state(user, before)
+      state, _ = self.state(user, before)
       max_len = self.memory.policy.max_len
       recent = self.store.features(user, max(before - max_len, 0))
       for f, col in store_lib.FEATURE_COLUMNS.items():
@@ -186,12 +187,12 @@ class Engine:
 
   def describe(self, user: str, recent: int = 10) -> dict[str, Any]:
     """What GET /users/{id} returns."""
-    total = self.store.num_events(user)
-    if not total:
-      raise UnknownUser(user)
-    with self._lock(user):
-      state, start = self._state(user, total)
-    events = self.store.events(user, max(total - recent, 0))
+    with self._lock(user):  # No append in between: the count and the state agree.
+      total = self.store.num_events(user)
+      if not total:
+        raise UnknownUser(user)
+      state, start = self.state(user, total)
+    events = self.store.events(user, max(total - recent, 0), total)
     return {
         'user': user, 'num_events': total,
         'memory': {'window_start': start, 'events_held': int(state.length[0]),
@@ -205,20 +206,20 @@ class Engine:
 
   def user_inputs(self, user: str) -> dict[str, Any]:
     """The user's `user_llm.user_inputs` (B = 1), from the stored encoder state."""
-    total = self.store.num_events(user)
-    if not total:
-      raise UnknownUser(user)
-    with self._cache_lock:
-      hit = self._cache.get(user)
-      if hit is not None and hit[0] == total:
-        self._cache.move_to_end(user)
-        return hit[1]
-    with self._lock(user):
-      state, _ = self._state(user, total)
+    with self._lock(user):  # No append in between: the count and the state agree.
+      total = self.store.num_events(user)
+      if not total:
+        raise UnknownUser(user)
+      with self._cache_lock:
+        hit = self._cache.get(user)
+        if hit is not None and hit[0] == total:
+          self._cache.move_to_end(user)
+          return hit[1]
+      state, _ = self.state(user, total)
     inputs = inc.memory(self.model, self.params, state)
     with self._cache_lock:
       self._cache[user] = (total, inputs)
-      while len(self._cache) > self._cache_size:
+      while len(self._cache) > self.memory_cache_users:
         self._cache.popitem(last=False)
     return inputs
 

@@ -81,7 +81,10 @@ def memory(model: ul.UserLLM, params: Any, state: EncoderState) -> dict[str, Any
   return ul.user_inputs_from_embeddings(model, params, state.outputs, state.slot_mask())
 
 
-@functools.partial(jax.jit, static_argnames=('model',))
+# The state and memory are donated: the new rows are written in place (the memory of
+# 1,000 events is ~50 MB for Gemma 3 270M; a copy per event would make an append's
+# cost grow with the history). Callers use the returned ones.
+@functools.partial(jax.jit, static_argnames=('model',), donate_argnames=('state', 'user'))
 def append(model: ul.UserLLM, params: Any, state: EncoderState,
            features: Mapping[str, jax.Array], mask: jax.Array,
            user: dict[str, Any] | None = None) -> tuple[EncoderState, dict[str, Any] | None]:
@@ -95,7 +98,8 @@ def append(model: ul.UserLLM, params: Any, state: EncoderState,
     user: the users' current `memory(...)` to update, or None.
 
   Returns:
-    (new state, updated user inputs or None).
+    (new state, updated user inputs or None); `state` and `user` are donated (invalid
+    after the call).
   """
   index = state.length
   h, cache = model.user_encoder.apply({'params': params['user_encoder']}, features, mask,
