@@ -36,7 +36,6 @@ from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from configs import movielens_pretrain
 from configs import movielens_userllm
@@ -76,6 +75,13 @@ def _config(model: str, strategy: str, stage1_dir: str):
   c.userllm.encoder_workdir = stage1_dir  # Its config.json: the encoder's architecture.
   c.userllm.random_encoder = True
   return c
+
+
+def _experiment(model: str, strategy: str, sl: Slice, stage1_dir: str):
+  """(set-up stage-2 experiment, FSDP mesh over the slice's simulated devices)."""
+  mesh = sharding.make_mesh((('data', 1), ('fsdp', sl.devices), ('tensor', 1)),
+                            jax.devices()[:sl.devices])
+  return experiment.build(_config(model, strategy, stage1_dir), mesh), mesh
 
 
 def _abstract_batch(exp, global_batch: int, mesh) -> dict[str, jax.ShapeDtypeStruct]:
@@ -123,10 +129,7 @@ def _bilinear(points: dict[tuple[int, int], float], layers: int, per_device: flo
 def plan_cell(model: str, strategy: str, sl: Slice, stage1_dir: str) -> dict:
   """One row: compiled points, extrapolated memory, largest batch, step time."""
   t0 = time.time()
-  config = _config(model, strategy, stage1_dir)
-  mesh = sharding.make_mesh(((('data', 1), ('fsdp', sl.devices), ('tensor', 1))),
-                            jax.devices()[:sl.devices])
-  exp = experiment.build(config, mesh)
+  exp, mesh = _experiment(model, strategy, sl, stage1_dir)
   full = exp.decoder_config
   pts = {(l, b): compile_step(exp, full, l, b * sl.devices, mesh)
          for l in LAYERS for b in PER_DEVICE}
@@ -150,10 +153,7 @@ def plan_cell(model: str, strategy: str, sl: Slice, stage1_dir: str) -> dict:
 
 def check_extrapolation(model: str, strategy: str, sl: Slice, stage1_dir: str) -> dict:
   """The full-depth compile of one cell at 1 example per device vs the extrapolation."""
-  config = _config(model, strategy, stage1_dir)
-  mesh = sharding.make_mesh(((('data', 1), ('fsdp', sl.devices), ('tensor', 1))),
-                            jax.devices()[:sl.devices])
-  exp = experiment.build(config, mesh)
+  exp, mesh = _experiment(model, strategy, sl, stage1_dir)
   got = compile_step(exp, exp.decoder_config, exp.decoder_config.num_layers, sl.devices, mesh)
   return {'cell': f'{model} {strategy} {sl.name}', 'compiled_gib': got['bytes'] / GIB,
           'compiled_gflop': got['flops'] / 1e9}
