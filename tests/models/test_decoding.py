@@ -43,3 +43,14 @@ def test_trim_cuts_at_stop_tokens_and_padding():
   out = np.array([[5, 6, 1, 7], [5, 106, 6, 0], [5, 6, 0, 0]])
   assert decoding.trim(out, (1, 106)) == [[5, 6], [5], [5, 6]]
   assert decoding.trim(out, (1,)) == [[5, 6], [5, 106, 6], [5, 6]]
+
+
+def test_sample_compiles_once_per_shape():
+  """One executable (the whole token loop) serves every call with the same shapes."""
+  _, dec, params = _decoder()
+  ctx = decoding.prefill(dec, params, jnp.asarray(decoding.left_pad([[2, 5, 9], [2, 6]])), None, 5)
+  decoding.sample(dec, params, ctx, max_new_tokens=5)
+  compiled = decoding.sample._cache_size()
+  other = decoding.prefill(dec, params, jnp.asarray(decoding.left_pad([[2, 7, 8], [2, 9]])), None, 5)
+  decoding.sample(dec, params, other, max_new_tokens=5)
+  assert decoding.sample._cache_size() == compiled

@@ -9,7 +9,11 @@ feeds a user to the LLM:
     outside this module, in the sibling `cross_attention/` scope);
   * a `prefix` of soft-prompt embeddings prepended to the token embeddings, with a
     prefix-LM mask (full attention inside the prefix, causal after it).
-Generation uses `gm`'s KV cache (`gm.nn.Attention` cache dicts, one per layer).
+Generation uses `gm`'s KV cache (`gm.nn.Attention` cache dicts, one per layer). Calls
+with a cache (prefill, decode) run gm's einsums and the unembedding as
+`weight_einsum`s, which read the weights in place instead of a transposed copy per
+call, and accept `Int8Weight` params (`weight_einsum.quantize_int8`); training calls
+run gm's own einsums.
 
 Letters: B batch, L tokens, P prefix length, S cache length, D width, V vocab.
 """
@@ -17,11 +21,15 @@ Letters: B batch, L tokens, P prefix length, S cache length, D width, V vocab.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+import contextlib
+
 import flax
 import flax.linen as nn
 from gemma import gm
 import jax
 import jax.numpy as jnp
+
+from user_llm.models import weight_einsum as we
 
 LayerHook = Callable[[int, jax.Array], jax.Array]
 Cache = dict[str, dict[str, jax.Array]]
@@ -80,9 +88,13 @@ class GemmaDecoder(nn.Module):
 
   Attributes:
     config: the `gm` TransformerConfig (any Gemma 3 size, or a tiny one in tests).
+    gm_einsums: run gm's einsums and `jnp.einsum` unembedding with a cache too: the
+      path before `weight_einsum`, kept as the reference benchmarks and tests compare
+      against (several times slower per decode step on XLA:CPU).
   """
 
   config: gm.nn.config.TransformerConfig
+  gm_einsums: bool = False
 
   def setup(self):
     cfg = self.config
@@ -114,9 +126,20 @@ class GemmaDecoder(nn.Module):
     ]
     self.final_norm = gm.nn.RMSNorm()
 
+  def _table(self) -> jax.Array | we.Int8Weight:
+    """The embedding table [V, D] as stored: an array or an `Int8Weight` box."""
+    table = self.embedder.input_embedding_table  # Creates it at init; checks its shape.
+    raw = self.embedder.get_variable('params', 'input_embedding')
+    return raw if isinstance(raw, we.Int8Weight) else table
+
   def embed(self, tokens: jax.Array) -> jax.Array:
     """int[B, L] -> float[B, L, D], scaled by sqrt(D) as in Gemma."""
-    return self.embedder.encode(tokens)
+    table = self._table()
+    if not isinstance(table, we.Int8Weight):
+      return self.embedder.encode(tokens)
+    # Dequantise the gathered rows only, never the 262k-row table.
+    x = (table.values[tokens].astype(jnp.float32) * table.scale[tokens]).astype(table.dtype)
+    return x * jnp.sqrt(self.config.embed_dim).astype(x.dtype)  # As `Embedder.encode`.
 
   def unembed(self, x: jax.Array) -> jax.Array:
     """float[..., D] -> float[..., V] (the table's dtype): `Embedder.decode` as an einsum.
@@ -125,9 +148,14 @@ class GemmaDecoder(nn.Module):
     [192, 640] x [262144, 640] contraction ran at 86 GFLOP/s written that way and
     207 GFLOP/s as this einsum (no transposed operand). Inside the whole training
     step the two were within run-to-run noise; the throughput table uses this one.
+    `weight_einsum` is the same product for a float table (and a two-row one for a
+    single bf16 row, see there), and takes an `Int8Weight`.
     """
-    table = self.embedder.input_embedding_table
-    return jnp.einsum('...D,VD->...V', x.astype(table.dtype), table)
+    if self.gm_einsums:
+      table = self.embedder.input_embedding_table
+      return jnp.einsum('...D,VD->...V', x.astype(table.dtype), table)
+    table = self._table()
+    return we.weight_einsum('...D,VD->...V', x.astype(table.dtype), table)
 
   def __call__(
       self,
@@ -187,15 +215,18 @@ class GemmaDecoder(nn.Module):
 
     hook_layers = frozenset(hook_layers)
     new_cache = {} if cache is not None else None
-    for i, block in enumerate(self.blocks):
-      if layer_hook is not None and i in hook_layers:
-        x = layer_hook(i, x)
-      name = f'layer_{i}'
-      layer_cache, x = block(
-          x, positions, None if cache is None else cache[name], attention_mask
-      )
-      if new_cache is not None:
-        new_cache[name] = layer_cache
+    # Inside a `gm.nn.LoRA` wrapper, so LoRA's own interceptor runs first (see there).
+    fast = cache is not None and not self.gm_einsums
+    with we.intercept_gm_einsums() if fast else contextlib.nullcontext():
+      for i, block in enumerate(self.blocks):
+        if layer_hook is not None and i in hook_layers:
+          x = layer_hook(i, x)
+        name = f'layer_{i}'
+        layer_cache, x = block(
+            x, positions, None if cache is None else cache[name], attention_mask
+        )
+        if new_cache is not None:
+          new_cache[name] = layer_cache
     x = self.final_norm(x)
     if last_only:
       x = x[:, -1]
@@ -216,7 +247,9 @@ def compute_dtype(params) -> jnp.dtype:
   Its embedding table's, promoted by LoRA adapters if any (float32 adapters on a bf16
   Gemma turn every projection, hence the K/V, into float32).
   """
-  dtypes = [leaf.dtype for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+  leaves = jax.tree_util.tree_flatten_with_path(  # An Int8Weight counts as its float dtype.
+      params, is_leaf=lambda x: isinstance(x, we.Int8Weight))[0]
+  dtypes = [leaf.dtype for path, leaf in leaves
             if any(k in jax.tree_util.keystr(path) for k in ('input_embedding', 'lora'))]
   if not dtypes:
     raise ValueError('No embedder/input_embedding in the params')
