@@ -67,7 +67,7 @@ def generate(out: str, events: int, seed: int = 0) -> None:
     movie = rng.choice(MOVIES, size=len(user), p=popularity) + 1
     stars = rng.integers(1, 11, size=len(user)) / 2
     t0 = np.repeat(rng.integers(789_000_000, 1_400_000_000, len(block)), block)
-    time_ = t0 + np.concatenate([np.cumsum(rng.integers(0, 5_000, n)) for n in block])
+    time_ = t0 + np.concatenate([np.cumsum(rng.integers(1, 5_000, n)) for n in block])
     ratings.write(''.join(f'{u},{m},{s},{t}\n' for u, m, s, t in
                           zip(user.tolist(), movie.tolist(), stars.tolist(), time_.tolist())))
     tagged = np.flatnonzero(rng.random(len(user)) < TAGS_PER_EVENT)

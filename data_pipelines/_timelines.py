@@ -163,6 +163,45 @@ def _dedup_and_sort(raw: RawData, log: _io.ReadLog) -> np.ndarray:
   return idx[np.lexsort((time, rank[user]))]
 
 
+def _vocabularies(raw: RawData, train_items: np.ndarray, min_count: int) -> dict[str, Vocab]:
+  """Item and genre vocabularies counted over the training events' interned items."""
+  counts = np.bincount(train_items, minlength=len(raw.events.item_ids))
+  item_counts, genre_counts = collections.Counter(), collections.Counter()
+  for i in np.flatnonzero(counts):
+    raw_id, n = raw.events.item_ids[i], int(counts[i])
+    item_counts[raw_id] = n
+    for g in raw.items[raw_id].genres:
+      genre_counts[g] += n
+  return {
+      'item': Vocab.from_counts(item_counts, min_count),
+      'genre': Vocab.from_counts(genre_counts, min_count),
+      'rating': Vocab(RATING_VALUES),
+  }
+
+
+def _feature_columns(raw: RawData, vocabs: dict[str, Vocab], item: np.ndarray,
+                     ratings: np.ndarray) -> tuple[list, np.ndarray]:
+  """The catalogue (items in order of first appearance in `item`, the kept events'
+  interned items in timeline order) and int32[N, 4] (item_index, item, genre, rating)."""
+  uniq, first = np.unique(item, return_index=True)
+  catalogue = uniq[np.argsort(first)]
+  index_of = np.zeros(len(raw.events.item_ids), np.int32)
+  index_of[catalogue] = np.arange(len(catalogue))
+  items = []
+  item_id = np.zeros(len(raw.events.item_ids), np.int32)
+  genre_id = np.zeros(len(raw.events.item_ids), np.int32)
+  for i in catalogue:
+    raw_id = raw.events.item_ids[i]
+    meta = raw.items[raw_id]
+    items.append((raw_id, meta.name, meta.genres))
+    item_id[i], genre_id[i] = vocabs['item'].id(raw_id), vocabs['genre'].id(meta.genres[0])
+  values, inverse = np.unique(ratings, return_inverse=True)  # NaN (missing) is one value.
+  rating_ids = np.array([vocabs['rating'].id(rating_bucket(None if np.isnan(v) else float(v)))
+                         for v in values], np.int32)
+  return items, np.stack([index_of[item], item_id[item], genre_id[item],
+                          rating_ids[inverse.reshape(-1)]], axis=1)
+
+
 def build(raw: RawData, log: _io.ReadLog, history_len: int, stride: int,
           min_events: int | None = None, min_count: int = 1, test_events: int = 1,
           valid_events: int = 1, pad_short: bool = False) -> Built:
@@ -201,18 +240,7 @@ def build(raw: RawData, log: _io.ReadLog, history_len: int, stride: int,
 
   # Vocabularies from the training part of every user (kept or not, see above).
   train = position < np.repeat(np.maximum(lengths - test_events - valid_events, 0), lengths)
-  counts = np.bincount(item[train], minlength=len(raw.events.item_ids))
-  item_counts, genre_counts = collections.Counter(), collections.Counter()
-  for i in np.flatnonzero(counts):
-    raw_id, n = raw.events.item_ids[i], int(counts[i])
-    item_counts[raw_id] = n
-    for g in raw.items[raw_id].genres:
-      genre_counts[g] += n
-  vocabs = {
-      'item': Vocab.from_counts(item_counts, min_count),
-      'genre': Vocab.from_counts(genre_counts, min_count),
-      'rating': Vocab(RATING_VALUES),
-  }
+  vocabs = _vocabularies(raw, item[train], min_count)
 
   kept = lengths >= min_events
   if (~kept).any():
@@ -230,26 +258,7 @@ def build(raw: RawData, log: _io.ReadLog, history_len: int, stride: int,
   users = [raw.events.user_ids[u] for u in user[starts[:-1]]]
   text = cols['text'][order]
 
-  # Catalogue index: items in order of first appearance over the kept timelines.
-  uniq, first = np.unique(item, return_index=True)
-  catalogue = uniq[np.argsort(first)]
-  index_of = np.zeros(len(raw.events.item_ids), np.int32)
-  index_of[catalogue] = np.arange(len(catalogue))
-  items = []
-  item_id = np.zeros(len(raw.events.item_ids), np.int32)
-  genre_id = np.zeros(len(raw.events.item_ids), np.int32)
-  for i in catalogue:
-    raw_id = raw.events.item_ids[i]
-    meta = raw.items[raw_id]
-    items.append((raw_id, meta.name, meta.genres))
-    item_id[i], genre_id[i] = vocabs['item'].id(raw_id), vocabs['genre'].id(meta.genres[0])
-  ratings = cols['rating'][order]
-  values, inverse = np.unique(ratings, return_inverse=True)
-  rating_ids = np.array([vocabs['rating'].id(rating_bucket(None if np.isnan(v) else float(v)))
-                         for v in values], np.int32)
-  columns = np.stack([index_of[item], item_id[item], genre_id[item],
-                      rating_ids[inverse.reshape(-1)]], axis=1)
-
+  items, columns = _feature_columns(raw, vocabs, item, cols['rating'][order])
   windows = split_windows(kept_lengths, history_len, stride, test_events, valid_events,
                           pad_short)
   for w in windows.values():  # Column 2: does the target have a text?

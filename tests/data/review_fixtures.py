@@ -1,4 +1,5 @@
-"""Realistic Amazon Review and Google Local releases, written by tests.
+"""Realistic Amazon Review and Google Local releases, written by tests (or
+`python -m tests.data.review_fixtures RELEASE DIR [USERS]`).
 
 Each file has the published name, field names and value types of its release
 (Amazon 2014 / 2018 5-core + metadata; Google Local 2018 `reviews.clean.json` +
@@ -18,6 +19,8 @@ import json
 import pathlib
 
 import numpy as np
+
+import data_pipelines as dp
 
 RELEASES = ('amazon_2014', 'amazon_2018', 'google_2018', 'google_2021')
 CATEGORIES = [['Musical Instruments', 'Guitars', 'Electric Guitars'],
@@ -56,6 +59,15 @@ class Written:
   without_time: int
   tie_user: str
   tie_items: tuple[str, str]
+
+
+def data_config(name: str, path, tmp_path: pathlib.Path, history_len: int, **kw):
+  """`config.data` of dataset `name` at `path`, cached under tmp_path, with `kw` set."""
+  c = dp.default_data_config(name, str(path))
+  c.cache_dir = str(tmp_path / 'cache')
+  c.history_len = history_len
+  c.update(kw)
+  return c
 
 
 def _write_lines(path: pathlib.Path, lines: list[str], gz: bool) -> pathlib.Path:
@@ -188,3 +200,11 @@ def _meta_line(release: str, item: str, i: int) -> str:
                          num_of_reviews=12, price=None, hours=None, MISC=None,
                          state='Open', relative_results=[], url='https://maps.google.com'),
                     ensure_ascii=False)
+
+
+if __name__ == '__main__':  # python -m tests.data.review_fixtures RELEASE DIR [USERS]
+  import sys  # pylint: disable=g-import-not-at-top
+  written = write_release(sys.argv[1], pathlib.Path(sys.argv[2]),
+                          users=int(sys.argv[3]) if len(sys.argv) > 3 else 300)
+  print(f'{written.reviews}: {written.reviews_written} rows, {written.duplicates} repeated; '
+        f'{written.meta}')

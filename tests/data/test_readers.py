@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import data_pipelines as dp
+from tests.data import review_fixtures as rf
 
 
 def _write(path, text, gz=False):
@@ -18,14 +19,6 @@ def _write(path, text, gz=False):
   else:
     with open(path, 'w', encoding='latin-1' if path.endswith('.dat') else 'utf-8') as f:
       f.write(text)
-
-
-def _config(name, path, tmp_path, history_len=2, **kw):
-  c = dp.default_data_config(name, str(path))
-  c.cache_dir = str(tmp_path / 'cache')
-  c.history_len = history_len
-  c.update(kw)
-  return c
 
 
 def _example(prepared, split, task, k=0, **kw):
@@ -106,7 +99,7 @@ def test_movielens_csv(tmp_path):
   _write(str(src / 'movies.csv'), MOVIES_CSV)
   _write(str(src / 'ratings.csv'), RATINGS_CSV)
   _write(str(src / 'tags.csv'), TAGS_CSV)
-  prepared = dp.prepare(_config('movielens', src, tmp_path))
+  prepared = dp.prepare(rf.data_config('movielens', src, tmp_path, 2))
   _check_movielens(prepared)
   table, offsets, blob = prepared.timeline(0)
   assert blob.decode() == 'classic, scary'  # Tags by time, on the Alien event.
@@ -142,10 +135,10 @@ def test_movielens_dat_latin1(tmp_path):
                     for l in RATINGS_CSV.splitlines()[1:])
   _write(str(src / 'movies.dat'), movies)
   _write(str(src / 'ratings.dat'), ratings)
-  _check_movielens(dp.prepare(_config('movielens', src, tmp_path)))
+  _check_movielens(dp.prepare(rf.data_config('movielens', src, tmp_path, 2)))
   # ml-1m is latin-1 encoded.
   _write(str(src / 'movies.dat'), movies.replace('Up (2009)', 'Amélie (2001)'))
-  prepared = dp.prepare(_config('movielens', src, tmp_path))
+  prepared = dp.prepare(rf.data_config('movielens', src, tmp_path, 2))
   assert prepared.catalogue.names[4] == 'Amélie (2001)'
 
 
@@ -172,7 +165,7 @@ def test_amazon_2014(tmp_path, gz):
   _write(str(src / f'reviews_Books_5{ext}'),
          ''.join(json.dumps(r) + '\n' for r in AMAZON_2014_REVIEWS), gz)
   _write(str(src / f'meta_Books{ext}'), '\n'.join(AMAZON_2014_META) + '\n', gz)
-  prepared = dp.prepare(_config('amazon', src, tmp_path, history_len=1))
+  prepared = dp.prepare(rf.data_config('amazon', src, tmp_path, 1))
   assert prepared.stats['skipped'] == {}
   # history_len 1: targets 3 (test), 2 (validation), 1 (train): train events 0..1.
   assert prepared.vocabs['item'].values == ['p1', 'p2']
@@ -204,7 +197,7 @@ def test_amazon_2018_plain(tmp_path):
           dict(asin='p2', title="Ender's Game", category=['Books', 'Sci-Fi']),
           dict(asin='p3', title='Odes', category=[])]
   _write(str(src / 'meta_Books.json'), ''.join(json.dumps(m) + '\n' for m in meta))
-  prepared = dp.prepare(_config('amazon', src, tmp_path, history_len=1))
+  prepared = dp.prepare(rf.data_config('amazon', src, tmp_path, 1))
   assert prepared.catalogue.all_names == ['Dune', "Ender's Game", 'Odes']
   assert prepared.catalogue.all_genres == [('Sci-Fi',), ('Sci-Fi',), ('(unknown)',)]
   fav = _example(prepared, 'test', 'fav_genre')
@@ -237,7 +230,7 @@ def test_google_local(tmp_path, gz):
          ''.join(json.dumps(r) + '\n' for r in GOOGLE_REVIEWS), gz)
   _write(str(src / f'meta-Vermont{ext}'),
          ''.join(json.dumps(m) + '\n' for m in GOOGLE_META), gz)
-  prepared = dp.prepare(_config('google_local', src, tmp_path, history_len=1))
+  prepared = dp.prepare(rf.data_config('google_local', src, tmp_path, 1))
   table, offsets, blob = prepared.timeline(0)
   assert table[:, 4].tolist() == [1_600_000_000 + 100 * i for i in range(4)]
   assert prepared.vocabs['item'].values == ['g1', 'g2']

@@ -17,19 +17,11 @@ DATASET = {'amazon_2014': 'amazon', 'amazon_2018': 'amazon', 'google_2018': 'goo
            'google_2021': 'google_local'}
 
 
-def _config(name, path, tmp_path, history_len=10, **kw):
-  c = dp.default_data_config(name, str(path))
-  c.cache_dir = str(tmp_path / 'cache')
-  c.history_len = history_len
-  c.update(kw)
-  return c
-
-
 @pytest.mark.parametrize('gz', [False, True])
 @pytest.mark.parametrize('release', rf.RELEASES)
 def test_release_read_end_to_end(tmp_path, release, gz):
   w = rf.write_release(release, tmp_path / release, gz=gz)
-  prepared = dp.prepare(_config(DATASET[release], w.folder, tmp_path))
+  prepared = dp.prepare(rf.data_config(DATASET[release], w.folder, tmp_path, 10))
   stats = prepared.stats
   # Every user kept (left-padded), every distinct timed review read once.
   assert stats['users'] == w.users == prepared.num_records('test')
@@ -72,7 +64,7 @@ def test_release_read_end_to_end(tmp_path, release, gz):
 
 def test_review_windows_need_text(tmp_path):
   w = rf.write_release('amazon_2018', tmp_path / 'a')  # Every 7th review lacks reviewText.
-  prepared = dp.prepare(_config('amazon', w.folder, tmp_path))
+  prepared = dp.prepare(rf.data_config('amazon', w.folder, tmp_path, 10))
   windows = prepared.windows('train')
   assert 0 < windows[:, 2].mean() < 1
   ds = dp.make_dataset(prepared, 'train', 'review', batch_size=16, seed=0,
@@ -84,8 +76,8 @@ def test_review_windows_need_text(tmp_path):
 def test_short_histories_are_padded_not_dropped(tmp_path):
   """The issue's 5-core numbers: at history_len 10 full windows keep few users."""
   w = rf.write_release('amazon_2014', tmp_path / 'a')
-  padded = dp.prepare(_config('amazon', w.folder, tmp_path))
-  full = dp.prepare(_config('amazon', w.folder, tmp_path, pad_short=False))
+  padded = dp.prepare(rf.data_config('amazon', w.folder, tmp_path, 10))
+  full = dp.prepare(rf.data_config('amazon', w.folder, tmp_path, 10, pad_short=False))
   assert padded.stats['users'] == 300
   assert full.stats['users'] < 100 and full.stats['skipped']['users_too_short'] > 200
   # Same vocabularies: an encoder trained on one serves the other.
@@ -135,3 +127,12 @@ def test_explicit_files_in_configs(tmp_path):
   assert c.data.pad_short and c.tasks == ('next_item', 'fav_genre', 'review')
   assert amazon_pretrain.get_config(f'path={w.folder}').data.path == str(w.folder)
   np.testing.assert_equal(dp.prepare(c.data).stats['users'], 300)
+
+
+def test_long_reads_show_a_progress_bar(tmp_path, monkeypatch, capsys):
+  from data_pipelines import _io  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(_io, 'PROGRESS_BYTES', 1000)  # Real releases: 64 MiB.
+  w = rf.write_release('google_2021', tmp_path / 'g', gz=True)
+  dp.prepare(rf.data_config('google_local', w.folder, tmp_path, 10))
+  err = capsys.readouterr().err
+  assert 'review-Vermont.json.gz: 100%' in err and 'meta-Vermont.json.gz: 100%' in err
