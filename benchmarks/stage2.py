@@ -79,6 +79,9 @@ def run_row(name: str) -> dict:
   cfg.eval.max_batches = _EVAL_BATCHES.value
   cfg.eval.num_candidates = _CANDIDATES.value
   workdir = os.path.join(_WORKROOT.value, f'{name}_L{_HISTORY_LEN.value}')
+  # The code this process imports now: a commit made while the row runs is not it.
+  commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True,
+                          text=True, check=False).stdout.strip()
   t0 = time.time()
   metrics = train.train_and_evaluate(cfg, workdir)
   with open(os.path.join(workdir, 'results.json')) as f:
@@ -100,8 +103,6 @@ def run_row(name: str) -> dict:
     for rec in map(json.loads, f):
       if rec.get('split') == 'train':
         gates = {k: v for k, v in rec.items() if k.startswith('gate/')}
-  commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True,
-                          text=True, check=False).stdout.strip()
   return {
       'row': name, 'desc': ROWS[name][1], 'commit': commit,
       'history_len': cfg.data.history_len,
