@@ -4,7 +4,7 @@ r"""Greedy decode speed of Gemma 3 270M on this machine, before and after `weigh
 
 Times `user_llm.decoding.sample` (the whole compiled token loop, greedy, no stop
 token) after a `prefill` of short English prompts, at batch 1 and 8, for:
-  gm-f32    `GemmaDecoder(gm_einsums=True)`: gm's einsums, the path before this work;
+  gm-f32    `GemmaDecoder(gm_layers=True)`: gm's einsums, the path before this work;
   f32       the default path (`weight_einsum`: weights read in place), float32 params;
   bf16      the same, params cast to bfloat16 (config.llm.param_dtype='bfloat16');
   int8      `weight_einsum.quantize_int8` of the float32 params (W8A8, opt-in).
@@ -54,7 +54,7 @@ VARIANTS = ('gm-f32', 'f32', 'bf16', 'int8')
 def variants(config, params: dict, names) -> dict[str, tuple]:
   """name -> (decoder, params) of each benchmarked variant."""
   fast = gemma_lib.GemmaDecoder(config)
-  made = {'gm-f32': (gemma_lib.GemmaDecoder(config, gm_einsums=True), params),
+  made = {'gm-f32': (gemma_lib.GemmaDecoder(config, gm_layers=True), params),
           'f32': (fast, params),
           'bf16': (fast, jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)),
           'int8': (fast, we.quantize_int8(fast, params))}

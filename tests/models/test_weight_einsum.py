@@ -71,7 +71,7 @@ def test_decode_loop_reads_weights_in_place():
   """The speed-critical property (benchmarks/decode_speed.md): no decode step copies,
   transposes or converts a weight. gm's einsums did, every step."""
   cfg, dec, params = testing.tiny_decoder()
-  assert _weight_sized_copies(gemma_lib.GemmaDecoder(cfg, gm_einsums=True), params)
+  assert _weight_sized_copies(gemma_lib.GemmaDecoder(cfg, gm_layers=True), params)
   assert not _weight_sized_copies(dec, params)
   bf16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)
   assert not _weight_sized_copies(dec, bf16)

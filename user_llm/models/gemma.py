@@ -12,8 +12,9 @@ feeds a user to the LLM:
 Generation uses `gm`'s KV cache (`gm.nn.Attention` cache dicts, one per layer). Calls
 with a cache (prefill, decode) run gm's einsums and the unembedding as
 `weight_einsum`s, which read the weights in place instead of a transposed copy per
-call, and accept `Int8Weight` params (`weight_einsum.quantize_int8`); training calls
-run gm's own einsums.
+call and accept `Int8Weight` params (`weight_einsum.quantize_int8`), and gm's attention
+as `cached_attention`, which updates the cache without copying it; training calls run
+gm's own layers.
 
 Letters: B batch, L tokens, P prefix length, S cache length, D width, V vocab.
 """
@@ -29,6 +30,7 @@ from gemma import gm
 import jax
 import jax.numpy as jnp
 
+from user_llm.models import cached_attention
 from user_llm.models import weight_einsum as we
 
 LayerHook = Callable[[int, jax.Array], jax.Array]
@@ -88,13 +90,13 @@ class GemmaDecoder(nn.Module):
 
   Attributes:
     config: the `gm` TransformerConfig (any Gemma 3 size, or a tiny one in tests).
-    gm_einsums: run gm's einsums and `jnp.einsum` unembedding with a cache too: the
-      path before `weight_einsum`, kept as the reference benchmarks and tests compare
-      against (several times slower per decode step on XLA:CPU).
+    gm_layers: run gm's einsums, gm's attention and the `jnp.einsum` unembedding with a
+      cache too: the path before `weight_einsum` and `cached_attention`, kept as the
+      reference benchmarks and tests compare against (slower per decode step on XLA:CPU).
   """
 
   config: gm.nn.config.TransformerConfig
-  gm_einsums: bool = False
+  gm_layers: bool = False
 
   def setup(self):
     cfg = self.config
@@ -151,7 +153,7 @@ class GemmaDecoder(nn.Module):
     `weight_einsum` is the same product for a float table (and a two-row one for a
     single bf16 row, see there), and takes an `Int8Weight`.
     """
-    if self.gm_einsums:
+    if self.gm_layers:
       table = self.embedder.input_embedding_table
       return jnp.einsum('...D,VD->...V', x.astype(table.dtype), table)
     table = self._table()
@@ -215,9 +217,11 @@ class GemmaDecoder(nn.Module):
 
     hook_layers = frozenset(hook_layers)
     new_cache = {} if cache is not None else None
-    # Inside a `gm.nn.LoRA` wrapper, so LoRA's own interceptor runs first (see there).
-    fast = cache is not None and not self.gm_einsums
-    with we.intercept_gm_einsums() if fast else contextlib.nullcontext():
+    with contextlib.ExitStack() as stack:
+      if cache is not None and not self.gm_layers:
+        # Entered inside a `gm.nn.LoRA` wrapper: LoRA's interceptor runs first (see there).
+        stack.enter_context(we.intercept_gm_einsums())
+        stack.enter_context(cached_attention.intercept_cached_attention())
       for i, block in enumerate(self.blocks):
         if layer_hook is not None and i in hook_layers:
           x = layer_hook(i, x)
