@@ -4,9 +4,10 @@ r"""Greedy decode speed of Gemma 3 270M on this machine, before and after `weigh
 
 Times `user_llm.decoding.sample` (the whole compiled token loop, greedy, no stop
 token) after a `prefill` of short English prompts, at batch 1 and 8, for:
-  gm-f32    `GemmaDecoder(gm_layers=True)`: gm's einsums, the path before this work;
-  f32       the default path (`weight_einsum`: weights read in place), float32 params;
-  bf16      the same, params cast to bfloat16 (config.llm.param_dtype='bfloat16');
+  gm-f32    `GemmaDecoder(gm_layers=True)`: gm's layers, the path before this work;
+  gm-bf16   the same with the params cast to bfloat16 (config.llm.param_dtype='bfloat16');
+  f32, bf16 the default path (`weight_einsum`: weights read in place; `cached_attention`:
+            the KV cache updated in place);
   int8      `weight_einsum.quantize_int8` of the float32 params (W8A8, opt-in).
 Variants run interleaved, one timed `sample` call each per round, so a load that comes
 and goes hits them alike; the table gives the median over `--runs` rounds (wall and
@@ -19,7 +20,8 @@ threads (`llama-bench -t 2 -p 0 -n 16`, measured on this machine earlier).
 Quality of each variant against float32 on the default path: next-token agreement, KL
 and perplexity over tests/testdata/english_passage.txt, teacher-forced through the
 cached path (`decoding.extend` on an empty cache, so int8 runs its W8A8 kernels), and
-whether the greedy tokens of the timed runs equal those of gm-f32.
+whether the greedy tokens of the timed runs equal those of gm's layers in the same
+dtype (float32 for int8).
 It writes benchmarks/decode_speed.md.
 """
 
@@ -35,6 +37,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from benchmarks import decode_anatomy
 from benchmarks import efficiency
 from user_llm import decoding
 from user_llm import gemma_loader
@@ -48,21 +51,23 @@ PROMPTS = ['The capital of France is', 'My favourite film of the nineties is',
            'A recipe for pancakes:', 'Once upon a time,', 'The best way to learn Python is',
            'Here is a short poem about the sea:', 'Three facts about cats:',
            'The history of the bicycle begins']
-VARIANTS = ('gm-f32', 'f32', 'bf16', 'int8')
+VARIANTS = ('gm-f32', 'gm-bf16', 'f32', 'bf16', 'int8')
 
 
 def variants(config, params: dict, names) -> dict[str, tuple]:
   """name -> (decoder, params) of each benchmarked variant."""
-  fast = gemma_lib.GemmaDecoder(config)
-  made = {'gm-f32': (gemma_lib.GemmaDecoder(config, gm_layers=True), params),
-          'f32': (fast, params),
-          'bf16': (fast, jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)),
+  fast, gm_layers = gemma_lib.GemmaDecoder(config), gemma_lib.GemmaDecoder(config, gm_layers=True)
+  bf16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)
+  made = {'gm-f32': (gm_layers, params), 'gm-bf16': (gm_layers, bf16),
+          'f32': (fast, params), 'bf16': (fast, bf16),
           'int8': (fast, we.quantize_int8(fast, params))}
   return {k: made[k] for k in names}
 
 
-def nbytes(tree) -> int:
-  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+def reference(name: str) -> str:
+  """The variant on gm's layers whose greedy tokens `name` is compared with."""
+  return 'gm-bf16' if name.endswith('bf16') else 'gm-f32'
+
 
 
 def prompts_batch(tok, batch: int) -> np.ndarray:
@@ -126,8 +131,9 @@ def run(args) -> tuple[dict, dict, dict]:
     for name, (dec, p) in made.items():
       runs_of[name, batch] = (dec, p, decoding.prefill(dec, p, prompts, None, args.new_tokens))
   timing = time_decoding(runs_of, args.new_tokens, args.runs)
-  sizes = {name: nbytes(p) for name, (_, p) in made.items()}
-  qual = quality({k: v for k, v in made.items() if k != 'gm-f32'}, tok) if 'f32' in made else {}
+  sizes = {name: decode_anatomy.nbytes(p) for name, (_, p) in made.items()}
+  qual = quality({k: v for k, v in made.items() if not k.startswith('gm-')}, tok
+                 ) if 'f32' in made else {}
   return timing, sizes, qual
 
 
@@ -143,12 +149,12 @@ def report(timing: dict, sizes: dict, qual: dict, args) -> str:
       f'median of {args.runs} rounds. llama.cpp: {LLAMA_CPP_TOKENS_PER_S:.0f} tokens/s '
       '(Q4_K_M GGUF, batch 1, 2 threads).', '',
       '| variant | batch | ms / step | CPU ms / step | tokens/s per sequence | tokens/s all '
-      'sequences | x llama.cpp (batch 1) | weights MB | weights GB/s | greedy tokens = gm-f32 '
-      '| compiles in timed runs |',
+      'sequences | x llama.cpp (batch 1) | weights MB | weights GB/s | greedy tokens = gm\'s '
+      'layers, same dtype | compiles in timed runs |',
       '|---|---|---|---|---|---|---|---|---|---|---|']
   for (name, batch), t in timing.items():
     wall, cpu = statistics.median(t['wall']), statistics.median(t['cpu'])
-    ref = timing.get(('gm-f32', batch))
+    ref = None if name.startswith('gm-') else timing.get((reference(name), batch))
     same = '' if ref is None else ('yes' if np.array_equal(t['tokens'], ref['tokens']) else
                                    f"{np.mean(t['tokens'] == ref['tokens']):.0%} of tokens")
     ratio = f'{1 / wall / LLAMA_CPP_TOKENS_PER_S:.2f}' if batch == 1 else ''
