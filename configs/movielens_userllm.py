@@ -44,13 +44,14 @@ GEMMAS = {
 
 # Per dataset: Gemma tokens of one text-prompt history line, rounded up (MovieLens:
 # 21.7 measured, benchmarks/data_stats.md; the review datasets' longer product and
-# place names: estimates, measure with `launch.data_stats --tokenizer_path`), and
-# the question budget ('Write this user's next review of {name}.' holds a product name),
-# the answer budget (review texts are longer than titles; ROUGE-Lsum reads 64 tokens).
+# place names: estimates, measure with `launch.data_stats --tokenizer_path`), the
+# question budget without a text history ('Write this user's next review of {name}.'
+# holds a product name), the answer budget (review texts are longer than titles;
+# ROUGE-Lsum reads 64 tokens). MovieLens: 32, and 24 * 50 + 64 = 1,264 with the text
+# history: the budgets the stage-2 benchmark rows were run with (a change truncates
+# their prompts differently).
 TOKENS_PER_EVENT = {'movielens': 24, 'amazon': 32, 'google_local': 24}
-# MovieLens 64: the budget the stage-2 benchmark's text-prompt rows were run with
-# (1,264 tokens at 50 events); changing it changes their prompts (truncation).
-QUESTION_TOKENS = {'movielens': 64, 'amazon': 64, 'google_local': 48}
+QUESTION_TOKENS = {'movielens': 32, 'amazon': 64, 'google_local': 48}
 ANSWER_TOKENS = {'movielens': 24, 'amazon': 64, 'google_local': 64}
 
 
@@ -87,8 +88,9 @@ def get_config(arg: str | None = None, dataset: str = 'movielens') -> ml_collect
   c.data.max_answer_tokens = ANSWER_TOKENS[dataset]  # Answer + EOS.
   # Prompt budget: the task question, or the question plus the serialised history
   # (data_pipelines/_tasks.py) for the text prompt.
-  c.data.max_prompt_tokens = QUESTION_TOKENS[dataset] + (
-      TOKENS_PER_EVENT[dataset] * a.history_len if a.mode == 'text_prompt' else 0)
+  c.data.max_prompt_tokens = (
+      TOKENS_PER_EVENT[dataset] * a.history_len + max(64, QUESTION_TOKENS[dataset])
+      if a.mode == 'text_prompt' else QUESTION_TOKENS[dataset])
 
   c.llm = ml_collections.ConfigDict()
   # gm.nn class name (any Gemma 3 size), or 'module:function' returning a config.

@@ -136,3 +136,13 @@ def test_long_reads_show_a_progress_bar(tmp_path, monkeypatch, capsys):
   dp.prepare(rf.data_config('google_local', w.folder, tmp_path, 10))
   err = capsys.readouterr().err
   assert 'review-Vermont.json.gz: 100%' in err and 'meta-Vermont.json.gz: 100%' in err
+
+
+def test_prompt_budgets_per_dataset():
+  """MovieLens keeps the budgets its stage-2 benchmark rows ran with (32; 1,264 with the
+  text history at 50 events); the review datasets get room for product / place names."""
+  from configs import movielens_userllm  # pylint: disable=g-import-not-at-top
+  budgets = {ds: (movielens_userllm.get_config('', dataset=ds).data.max_prompt_tokens,
+                  movielens_userllm.get_config('mode=text_prompt', dataset=ds).data.max_prompt_tokens)
+             for ds in ('movielens', 'amazon', 'google_local')}
+  assert budgets == {'movielens': (32, 1264), 'amazon': (64, 1664), 'google_local': (48, 1264)}
