@@ -28,6 +28,7 @@ from benchmarks import efficiency_lib as lib
 from benchmarks import efficiency
 from user_llm import gemma_loader
 from user_llm.models import gemma as gemma_lib
+from user_llm.models import weight_einsum as we
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE_SLOTS = 32
@@ -84,6 +85,9 @@ def run(args) -> list[tuple]:
   ms, gf = timed(lambda e, v: jnp.dot(v, e.T), table, vec, runs=args.runs)
   rows.append(('unembedding alone, jnp.dot(x, E.T) as gm.nn.Embedder.decode', ms, gf,
                nbytes(table) / 1e6))
+  ms, gf = timed(lambda e, v: we.weight_einsum('...D,VD->...V', v, e), table, vec, runs=args.runs)
+  rows.append(('unembedding alone, weight_einsum as GemmaDecoder.unembed', ms, gf,
+               nbytes(table) / 1e6))
   ms, gf = timed(lambda e: e.sum(), table, runs=args.runs)
   rows.append(('read the 262k x 640 table once (sum): bandwidth reference', ms, gf,
                nbytes(table) / 1e6))
@@ -95,7 +99,10 @@ def report(rows, args) -> str:
       '# Anatomy of a short Gemma 3 270M call (benchmarks/decode_anatomy.py)', '',
       f'Command: `python -m benchmarks.decode_anatomy --runs {args.runs}`. Machine: '
       f'{efficiency.machine()}. Float32 weights, batch 1, 1 token, KV cache of '
-      f'{CACHE_SLOTS} slots; median of {args.runs} runs after a warm-up.', '',
+      f'{CACHE_SLOTS} slots; median of {args.runs} runs after a warm-up. The decoder runs '
+      'its default path with a cache (`weight_einsum`, `cached_attention`); '
+      'benchmarks/decode_speed.md compares it with gm\'s layers, whose steps copied '
+      'most weights (transposed) before reading them.', '',
       '| call | ms | GFLOP | weights read, MB | GB/s (weights / time) | GFLOP/s |',
       '|---|---|---|---|---|---|']
   for what, ms, gf, mb in rows:

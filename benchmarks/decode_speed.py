@@ -121,6 +121,7 @@ def quality(made: dict, tok) -> dict[str, dict]:
 
 
 def run(args) -> tuple[dict, dict, dict]:
+  args.load = os.getloadavg()  # Before this process adds its own threads.
   llm = ml_collections.ConfigDict(dict(model='Gemma3_270M', checkpoint='', tokenizer='',
                                        cache_dir=args.cache_dir, param_dtype='float32'))
   config, params, tok = gemma_loader.load_gemma(llm)
@@ -132,19 +133,18 @@ def run(args) -> tuple[dict, dict, dict]:
       runs_of[name, batch] = (dec, p, decoding.prefill(dec, p, prompts, None, args.new_tokens))
   timing = time_decoding(runs_of, args.new_tokens, args.runs)
   sizes = {name: decode_anatomy.nbytes(p) for name, (_, p) in made.items()}
-  qual = quality({k: v for k, v in made.items() if not k.startswith('gm-')}, tok
-                 ) if 'f32' in made else {}
+  qual = quality({k: v for k, v in made.items() if k != 'gm-f32'}, tok) if 'f32' in made else {}
   return timing, sizes, qual
 
 
 def report(timing: dict, sizes: dict, qual: dict, args) -> str:
-  load = os.getloadavg()
+  load = getattr(args, 'load', (0.0, 0.0, 0.0))
   lines = [
       '# Greedy decode speed of Gemma 3 270M (benchmarks/decode_speed.py)', '',
       f'Command: `python -m benchmarks.decode_speed --runs {args.runs} --new_tokens '
-      f'{args.new_tokens}`. Machine: {efficiency.machine()}; load average at the end '
-      f'{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1 / 5 / 15 min: above ~0.1 another '
-      'process shared the cores, and wall times are longer than on an idle machine). '
+      f'{args.new_tokens}`. Machine: {efficiency.machine()}; load average before the run '
+      f'{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1 / 5 / 15 min: above ~0.1 other '
+      'processes shared the cores, and wall times are longer than on an idle machine). '
       f'`decoding.sample` of {args.new_tokens} tokens after a short prompt; per step: '
       f'median of {args.runs} rounds. llama.cpp: {LLAMA_CPP_TOKENS_PER_S:.0f} tokens/s '
       '(Q4_K_M GGUF, batch 1, 2 threads).', '',
@@ -164,7 +164,8 @@ def report(timing: dict, sizes: dict, qual: dict, args) -> str:
   if qual:
     n = next(iter(qual.values()))['n']
     lines += ['', f'Quality against float32, teacher-forced over the {n} tokens of '
-              'tests/testdata/english_passage.txt through the cached (decode) path:', '',
+              'tests/testdata/english_passage.txt through the cached (decode) path '
+              '(gm-bf16: gm\'s layers on the same bfloat16 params):', '',
               '| variant | next token = f32 | mean KL(f32 || variant), nats | perplexity |',
               '|---|---|---|---|']
     for name, q in qual.items():
