@@ -250,6 +250,12 @@ def ask_costs(engine, histories, clients_list, per_client, max_new_tokens, wait_
 
 
 def write_report(results: dict, path: str) -> None:
+  _write_report(results, path)
+  with open(path, 'a') as f:
+    f.write('\n'.join(decode_speed_section()) + '\n')
+
+
+def _write_report(results: dict, path: str) -> None:
   L = ['# Serving benchmark (benchmarks/serving.py)', '',
        f'Command: `{results["command"]}`', '', f'Machine: {results["machine"]}.',
        f'Run: {results["workdir"]} ({results["mode"]}), Gemma 3 270M, encoder digest '
@@ -310,6 +316,22 @@ def write_report(results: dict, path: str) -> None:
              f'{r["prompt_tokens"]:.0f} | {r["clients"]} | {r["asks"]} | {r["p50_ms"]:.0f} | '
              f'{r["p95_ms"]:.0f} | {r["answers_per_s"]:.2f} |')
   _write(path, L)
+
+
+def decode_speed_section(path: str = os.path.join(ROOT, 'benchmarks', 'decode_speed.md')
+                         ) -> list[str]:
+  """The batch-1 rows of benchmarks/decode_speed.md (its table, measured there: one home)."""
+  if not os.path.exists(path):
+    return []
+  rows = [l for l in open(path).read().splitlines() if l.startswith('|')]
+  if len(rows) < 3:
+    return []
+  batch_1 = [r for r in rows[2:] if r.split('|')[2].strip() == '1']
+  return ['', '## Decode speed (from benchmarks/decode_speed.md)', '',
+          'Greedy decoding of Gemma 3 270M, one sequence, against llama.cpp on the same '
+          'model\'s 4-bit GGUF (`python -m benchmarks.decode_speed`; the server decodes in '
+          'the stage-2 run\'s `llm.param_dtype`: bfloat16 for Enc / LoRA / Proj runs, the '
+          '`bf16` row):', '', rows[0], rows[1], *batch_1]
 
 
 def _write(path: str, lines: list[str]) -> None:
