@@ -73,6 +73,7 @@ def get_config(arg: str | None = None, dataset: str = 'movielens') -> ml_collect
   c.model.mlp_dim = 128  # MLP hidden width F.
   c.model.embed_dims = dict(item=64, genre=16, rating=8)  # Per-feature embedding widths.
   c.model.dropout = 0.2  # Dropout on embeddings and residual branches.
+  c.model.norm = 'pre'  # 'pre' | 'post' LayerNorm (post: SASRec's layout; ablation in docs/stage1.md).
   c.model.dtype = 'float32'  # Compute dtype ('bfloat16' on TPU).
   # AR, Dual Encoder: score only the last K positions of each window (0 = all). K =
   # data.stride makes every training event a target once per epoch, with at least

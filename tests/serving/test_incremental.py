@@ -19,9 +19,9 @@ S = 8  # Encoder positions (max_len).
 TOL = 1e-5
 
 
-def _encoder(fusion='early', max_len=S):
+def _encoder(fusion='early', max_len=S, norm='pre'):
   return ue.UserEncoder(FrozenDict(VOCABS), FrozenDict(item=8, genre=4, rating=4), d_model=16,
-                        num_heads=2, mlp_dim=32, max_len=max_len, fusion=fusion)
+                        num_heads=2, mlp_dim=32, max_len=max_len, fusion=fusion, norm=norm)
 
 
 def _events(n, seed=0):
@@ -45,9 +45,9 @@ def _max_diff(a, b):
   return float(jnp.max(jnp.abs(jnp.asarray(a, jnp.float32) - jnp.asarray(b, jnp.float32))))
 
 
-@pytest.mark.parametrize('fusion', ['early', 'late'])
-def test_encoder_cache_equals_full_call(fusion):
-  enc = _encoder(fusion)
+@pytest.mark.parametrize('fusion,norm', [('early', 'pre'), ('late', 'pre'), ('early', 'post')])
+def test_encoder_cache_equals_full_call(fusion, norm):
+  enc = _encoder(fusion, norm=norm)
   events = _events(S)
   params = enc.init(jax.random.PRNGKey(0), _batch(events), jnp.ones((1, S), bool))['params']
   full = lambda n: enc.apply({'params': params}, _batch(events, 0, n), jnp.ones((1, n), bool))

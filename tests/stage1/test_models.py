@@ -24,9 +24,9 @@ def _encoder(**kw):
                         max_len=8, **kw)
 
 
-@pytest.mark.parametrize('fusion', ['early', 'late'])
-def test_causal_output_ignores_future_events(fusion):
-  model = _encoder(fusion=fusion)
+@pytest.mark.parametrize('fusion,norm', [('early', 'pre'), ('late', 'pre'), ('early', 'post')])
+def test_causal_output_ignores_future_events(fusion, norm):
+  model = _encoder(fusion=fusion, norm=norm)
   feats, mask = _feats(), jnp.ones((2, 6), bool)
   params = model.init(jax.random.key(0), feats, mask)
   out = model.apply(params, feats, mask)
@@ -71,6 +71,17 @@ def test_shapes_and_param_tree(fusion):
     assert p['user_encoder']['transformer']['layer_0']['attn']['q'].shape == (16, 2, 8)
   else:
     assert {'tower_item', 'tower_genre', 'tower_rating', 'combine'} <= set(p['user_encoder'])
+
+
+def test_post_norm_param_tree():
+  """norm='post' (SASRec): embeddings and every residual sum normalised, no final norm."""
+  model = _encoder(norm='post')
+  feats, mask = _feats(), jnp.ones((2, 6), bool)
+  p = jax.eval_shape(model.init, jax.random.key(0), feats, mask)['params']['transformer']
+  assert set(p) == {'pos_embedding', 'embed_norm', 'layer_0', 'layer_1'}
+  assert set(p['layer_0']) == {'attn', 'post_attention_norm', 'mlp', 'post_mlp_norm'}
+  with pytest.raises(ValueError, match='Unknown norm'):
+    _encoder(norm='sandwich').init(jax.random.key(0), feats, mask)
 
 
 def test_baseline_shapes():

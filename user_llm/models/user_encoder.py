@@ -99,7 +99,7 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-  """Pre-LayerNorm Transformer block."""
+  """Transformer block: pre-LayerNorm (default) or post-LayerNorm (SASRec, BERT)."""
 
   num_heads: int
   head_dim: int
@@ -107,27 +107,40 @@ class Block(nn.Module):
   dropout: float = 0.0
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
+  norm: str = 'pre'  # 'pre': x + f(LN(x)); 'post': LN(x + f(x)).
 
   @nn.compact
   def __call__(self, x: Array, attn_mask: Array, train: bool,
                cache: Mapping[str, Array] | None = None, index: Array | None = None):
     """x [B, U, D] -> [B, U, D]; with `cache`, also the updated cache (`MultiHeadAttention`)."""
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    h = nn.LayerNorm(name='pre_attention_norm', **kw)(x)
+    if self.norm not in ('pre', 'post'):
+      raise ValueError(f'Unknown norm {self.norm!r}, expected pre|post.')
+    pre = self.norm == 'pre'
+    h = nn.LayerNorm(name='pre_attention_norm', **kw)(x) if pre else x
     attn = MultiHeadAttention(self.num_heads, self.head_dim, name='attn', **kw)
     if cache is None:
       h = attn(h, attn_mask)
     else:
       h, cache = attn(h, attn_mask, cache, index)
     x = x + nn.Dropout(self.dropout)(h, deterministic=not train)
-    h = nn.LayerNorm(name='pre_mlp_norm', **kw)(x)
+    if not pre:
+      x = nn.LayerNorm(name='post_attention_norm', **kw)(x)
+    h = nn.LayerNorm(name='pre_mlp_norm', **kw)(x) if pre else x
     h = Mlp(self.mlp_dim, name='mlp', **kw)(h)
     x = x + nn.Dropout(self.dropout)(h, deterministic=not train)
+    if not pre:
+      x = nn.LayerNorm(name='post_mlp_norm', **kw)(x)
     return x if cache is None else (x, cache)
 
 
 class Transformer(nn.Module):
-  """Stack of blocks with learned positions; causal (autoregressive) or bidirectional."""
+  """Stack of blocks with learned positions; causal (autoregressive) or bidirectional.
+
+  norm='pre': blocks normalise their inputs, a final LayerNorm normalises the output.
+  norm='post' (SASRec): the embeddings (+ positions) are normalised, each block
+  normalises its residual sum, no final LayerNorm.
+  """
 
   num_layers: int
   num_heads: int
@@ -137,6 +150,7 @@ class Transformer(nn.Module):
   dropout: float = 0.0
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
+  norm: str = 'pre'
 
   @nn.compact
   def __call__(self, x: Array, mask: Array, train: bool = False,
@@ -154,21 +168,25 @@ class Transformer(nn.Module):
     pos = self.param('pos_embedding', nn.initializers.normal(0.02), (self.max_len, d),
                      self.param_dtype)
     blocks = [Block(self.num_heads, d // self.num_heads, self.mlp_dim, self.dropout,
-                    self.dtype, self.param_dtype, name=f'layer_{i}')
+                    self.dtype, self.param_dtype, self.norm, name=f'layer_{i}')
               for i in range(self.num_layers)]
-    final_norm = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name='final_norm')
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    if self.norm == 'post':
+      first_norm, final_norm = nn.LayerNorm(name='embed_norm', **kw), lambda y: y
+    else:
+      first_norm, final_norm = lambda y: y, nn.LayerNorm(name='final_norm', **kw)
     if cache is not None:
       if not self.causal:
         raise ValueError('A KV cache extends a causal encoder only (causal=False here).')
       index = cache['index']
       slots = index[:, None] + jnp.arange(u)[None]  # [B, U] position of each new event.
-      x = (x + jnp.take(pos, slots, axis=0, mode='clip')).astype(self.dtype)
+      x = first_norm((x + jnp.take(pos, slots, axis=0, mode='clip')).astype(self.dtype))
       attn_mask = jnp.arange(self.max_len)[None, None, :] <= slots[:, :, None]  # [B, U, S]
       new_cache = {'index': index + mask.sum(-1, dtype=index.dtype)}
       for i, block in enumerate(blocks):
         x, new_cache[f'layer_{i}'] = block(x, attn_mask, False, cache[f'layer_{i}'], index)
       return final_norm(x), new_cache
-    x = (x + pos[None, :u]).astype(self.dtype)
+    x = first_norm((x + pos[None, :u]).astype(self.dtype))
     x = nn.Dropout(self.dropout)(x, deterministic=not train)
     attn_mask = jnp.broadcast_to(mask[:, None, :], (x.shape[0], u, u))
     if self.causal:
@@ -200,10 +218,12 @@ class UserEncoder(nn.Module):
   dropout: float = 0.0
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
+  norm: str = 'pre'  # 'pre' | 'post' LayerNorm (`Transformer`).
 
   def _transformer(self, name: str) -> Transformer:
     return Transformer(self.num_layers, self.num_heads, self.mlp_dim, self.max_len,
-                       self.causal, self.dropout, self.dtype, self.param_dtype, name=name)
+                       self.causal, self.dropout, self.dtype, self.param_dtype, self.norm,
+                       name=name)
 
   @property
   def transformer_names(self) -> tuple[str, ...]:
@@ -284,7 +304,7 @@ def encoder_from_config(mc, vocab_sizes: Mapping[str, int], max_len: int, causal
 
   Args:
     mc: config.model (fusion, d_model, num_layers, num_heads, mlp_dim, embed_dims,
-      dropout, dtype).
+      dropout, dtype, norm; a run's config.json without `norm` is pre-LN).
     vocab_sizes: feature -> vocabulary size; the encoder embeds exactly these features.
     max_len: positions of the encoder (the stage-1 run's window length).
     causal: AR (True) or bidirectional (Bert4Rec).
@@ -295,7 +315,7 @@ def encoder_from_config(mc, vocab_sizes: Mapping[str, int], max_len: int, causal
       d_model=mc.d_model, num_layers=mc.num_layers, num_heads=mc.num_heads,
       mlp_dim=mc.mlp_dim, max_len=max_len, fusion=mc.fusion, causal=causal,
       dropout=mc.dropout if dropout is None else dropout,
-      dtype=jnp.dtype(mc.get('dtype', 'float32')))
+      dtype=jnp.dtype(mc.get('dtype', 'float32')), norm=mc.get('norm', 'pre'))
 
 
 class NextEventHeads(nn.Module):
