@@ -82,6 +82,7 @@ def get_config(arg: str | None = None, dataset: str = 'movielens') -> ml_collect
   # AR: features with a next-event head (loss summed over them); () = every feature.
   c.model.head_features = ()
   c.model.tie_item_head = True  # AR: item logits = item embeddings . projected output.
+  c.model.seen_item_bias = False  # AR: learned logit offset for items already in the window.
   c.model.temperature = 0.05  # Dual Encoder: softmax temperature on cosine scores.
   c.model.mask_prob = 0.2  # Bert4Rec: fraction of item positions [MASK]ed.
   c.model.last_mask_prob = 0.25  # Bert4Rec: rows where only the last event is masked.

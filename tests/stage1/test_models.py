@@ -164,3 +164,30 @@ def test_lr_scale_multiplies_the_step_of_matching_params():
   np.testing.assert_allclose(updates['xattn']['attn_gate'], -1e-2, rtol=1e-3)
   np.testing.assert_allclose(updates['xattn']['w'], -1e-3, rtol=1e-3)
   np.testing.assert_array_equal(updates['enc']['w'], 0.0)
+
+
+def test_seen_items_marks_past_window_items_only():
+  items = jnp.array([[0, 5, 7, 1, 5, 9]])  # pad, 5, 7, OOV, 5 again, 9.
+  mask = jnp.array([[False, True, True, True, True, True]])
+  seen = ue.seen_items(items, mask, k=3, vocab=12)
+  assert seen.shape == (1, 3, 12)
+  # Positions 3, 4, 5: the items at or before each; never pad (0) or OOV (1).
+  assert [set(np.flatnonzero(seen[0, j])) for j in range(3)] == [{5, 7}, {5, 7}, {5, 7, 9}]
+
+
+def test_seen_item_bias_shifts_seen_logits_only():
+  model = ue.UserEncoderLM(_encoder(), tie_item_head=True, seen_item_bias=True)
+  feats, mask = _feats(), jnp.ones((2, 6), bool)
+  params = model.init(jax.random.key(0), feats, mask)['params']
+  assert params['seen_item_bias'].shape == ()
+  _, base = model.apply({'params': params}, feats, mask, last_k=1)
+  shifted = dict(params, seen_item_bias=jnp.float32(-5.0))
+  _, logits = model.apply({'params': shifted}, feats, mask, last_k=1)
+  diff = np.asarray(logits['item'] - base['item'])[:, 0]
+  for b in range(2):
+    past = set(np.asarray(feats['item'][b]).tolist())
+    np.testing.assert_allclose(diff[b, sorted(past)], -5.0, atol=1e-5)
+    assert np.abs(np.delete(diff[b], sorted(past))).max() < 1e-5
+  with pytest.raises(ValueError, match='causal'):
+    ue.UserEncoderLM(_encoder(causal=False), seen_item_bias=True).init(
+        jax.random.key(0), feats, mask)

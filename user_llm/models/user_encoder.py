@@ -13,6 +13,7 @@ Parameter tree of `UserEncoderLM` (names are an API, stage 2 loads `user_encoder
   user_encoder/combine/kernel, bias                 (late fusion) [M * D, D]
   heads/{feature}/kernel, bias                      [D, V_f] next-event heads
   item_proj/kernel, bias; item_bias                 (tie_item_head) [D, E_item]; [V_item]
+  seen_item_bias                                    (seen_item_bias) [] scalar
 
 Incremental encoding (serving, user_llm/serving/incremental.py): a causal encoder's
 output at event t depends on events <= t only, so with a per-layer KV cache
@@ -340,6 +341,11 @@ class UserEncoderLM(nn.Module):
   # Score items against the input item embeddings (SASRec-style weight tying):
   # heads/item_proj maps D -> E_item, plus a per-item bias heads/item_bias.
   tie_item_head: bool = False
+  # A learned scalar added to the item logit of every item already in the window at
+  # or before the scored position (a "repeat" bias: MovieLens users rate an item once,
+  # which the Transformer alone learned poorly: benchmarks/stage1_results.md). Causal
+  # only: it reads the window's items, never a later one.
+  seen_item_bias: bool = False
 
   def setup(self):
     enc = self.user_encoder
@@ -352,6 +358,10 @@ class UserEncoderLM(nn.Module):
                                 param_dtype=enc.param_dtype, name='item_proj')
       self.item_bias = self.param('item_bias', nn.initializers.zeros,
                                   (enc.vocab_sizes['item'],), enc.param_dtype)
+    if self.seen_item_bias:
+      if not enc.causal:
+        raise ValueError('seen_item_bias needs a causal encoder (it reads past items only).')
+      self.seen_bias = self.param('seen_item_bias', nn.initializers.zeros, (), enc.param_dtype)
 
   def __call__(self, features, mask, train: bool = False, last_k: int | None = None):
     """Returns (embeddings [B, U, D], feature -> logits [B, K, V_f]).
@@ -366,7 +376,24 @@ class UserEncoderLM(nn.Module):
       table = self.user_encoder.variables['params']['embed_item']['embedding']
       logits['item'] = (jnp.einsum('BUE,VE->BUV', self.item_proj(hk), table.astype(hk.dtype))
                         + self.item_bias).astype(jnp.float32)
+    if self.seen_item_bias and 'item' in logits:
+      logits['item'] = logits['item'] + self.seen_bias * seen_items(
+          features['item'], mask, logits['item'].shape[1], logits['item'].shape[-1])
     return h, logits
+
+
+def seen_items(items: Array, mask: Array, k: int, vocab: int) -> Array:
+  """float32 [B, K, V]: 1 where item v is in the window at or before each of the last K
+  positions (ids 0 pad and 1 OOV never count).
+
+  Args: items int32 [B, U]; mask bool [B, U] (True on real events); k <= U; vocab V.
+  """
+  b, u = items.shape
+  scored = jnp.arange(u - k, u)  # [K] positions whose logits are scored.
+  visible = (jnp.arange(u)[None, :] <= scored[:, None])[None] & (mask & (items > 1))[:, None, :]
+  return jnp.zeros((b, k, vocab), jnp.float32).at[
+      jnp.arange(b)[:, None, None], jnp.arange(k)[None, :, None], items[:, None, :]].max(
+          visible.astype(jnp.float32))
 
 
 def next_event_loss(logits: Mapping[str, Array], targets: Mapping[str, Array],
