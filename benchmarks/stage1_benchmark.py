@@ -15,7 +15,7 @@ per test target) stays in the workdir and feeds the tables:
 - protocol (c), 'full_window', is the subset of protocol (a)'s test targets whose
   user has >= history_len + 2 events (the 373 users of stage 2; same model, same
   target, same history), so it needs no runs of its own;
-- paired differences (AR early fusion minus another row, same targets) say whether
+- paired differences (the default AR row minus another row, same targets) say whether
   two rows can be told apart.
 """
 
@@ -33,13 +33,19 @@ import numpy as np
 from user_llm import stats
 
 ROWS = {  # row -> (label, config arg)
-    'ar_early': ('AR encoder, early fusion (User-LLM)', 'model=ar,fusion=early'),
-    'ar_late': ('AR encoder, late fusion', 'model=ar,fusion=late'),
+    'ar_early_seen': ('AR encoder, early fusion + seen-item bias (User-LLM, default config)',
+                      'model=ar,fusion=early,seen_bias=True'),
+    'ar_late_seen': ('AR encoder, late fusion + seen-item bias', 'model=ar,fusion=late,seen_bias=True'),
+    # Without the head's seen-item bias (the default before 2026-12-01); stage 2's
+    # benchmark rows read ar_early's seed-0 encoder.
+    'ar_early': ('AR encoder, early fusion, no seen-item bias', 'model=ar,fusion=early,seen_bias=False'),
+    'ar_late': ('AR encoder, late fusion, no seen-item bias', 'model=ar,fusion=late,seen_bias=False'),
     'dual': ('Dual Encoder', 'model=dual'),
     'bert4rec': ('Bert4Rec', 'model=bert4rec'),
     'popularity': ('Popularity', 'model=popularity'),
 }
 PROTOCOLS = ('standard', 'multi_target')
+BASE_ROWS = ('ar_early_seen', 'ar_early')  # Paired differences: the first row present.
 HISTORY_LEN = 50  # config.data.history_len of the runs (events before a target).
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS_DIR = os.path.join(ROOT, 'benchmarks', 'stage1_runs')
@@ -123,12 +129,13 @@ def table(protocol: str, examples: dict, results: dict, title: str) -> list[str]
                  f"| {cfg.get('num_steps')} x {cfg.get('batch_size')} "
                  f"| {len(ex['user'])} / {len(np.unique(ex['user']))} |")
   lines.append('')
-  base = examples.get('ar_early')
-  if base is not None:
-    lines += ['Paired difference in R@10, AR early fusion minus the row (same targets, '
+  base_row = next((r for r in BASE_ROWS if examples.get(r) is not None), None)
+  if base_row is not None:
+    base = examples[base_row]
+    lines += [f'Paired difference in R@10, {ROWS[base_row][0]} minus the row (same targets, '
               '95% bootstrap CI over users; an interval without 0 separates the rows):', '']
     for row, ex in examples.items():
-      if row != 'ar_early' and ex is not None:
+      if row != base_row and ex is not None:
         d = stats.bootstrap(base['recall@10'] - ex['recall@10'], ex['user'])
         lines.append(f'- vs {ROWS[row][0]}: {d.fmt()}')
     lines.append('')

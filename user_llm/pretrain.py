@@ -223,7 +223,7 @@ class PretrainExperiment(experiment_lib.Experiment):
     mask = batch['mask']
     hist = {f: x[:, :-1] for f, x in feats.items()}
     if self.model_name == 'ar':
-      _, logits = self.model.apply({'params': params}, hist, mask[:, :-1])
+      _, logits = self.model.apply({'params': params}, hist, mask[:, :-1], last_k=1)
       last = {f: l[:, -1] for f, l in logits.items()}
       return last['item'], last
     if self.model_name == 'popularity':
