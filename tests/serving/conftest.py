@@ -2,27 +2,18 @@
 
 import pytest
 
-from configs import movielens_pretrain
 from configs import testing
 from user_llm import generation
 from user_llm import train
-from user_llm.testing import write_movielens
 
 
 @pytest.fixture(scope='session')
-def served_workdir(tmp_path_factory):
-  """A cross-attention run trained one step on a stage-1 encoder trained a few."""
-  data = write_movielens(tmp_path_factory.mktemp('ml'))
-  cfg = movielens_pretrain.get_config('runlocal')
-  cfg.data.path = str(data)
-  cfg.data.cache_dir = str(tmp_path_factory.mktemp('cache1'))
-  cfg.train.async_checkpoint = False
-  stage1 = tmp_path_factory.mktemp('stage1')
-  train.train_and_evaluate(cfg, str(stage1))
+def served_workdir(tiny_movielens, stage1_workdir, tmp_path_factory):
+  """A cross-attention run trained one step on the shared stage-1 encoder (tests/conftest.py)."""
   cfg = testing.tiny_userllm_config()
-  cfg.data.path = str(data)
+  cfg.data.path = str(tiny_movielens)
   cfg.data.cache_dir = str(tmp_path_factory.mktemp('cache2'))
-  cfg.userllm.encoder_workdir = str(stage1)
+  cfg.userllm.encoder_workdir = str(stage1_workdir)
   cfg.train.async_checkpoint = False
   cfg.train.num_steps = 1
   workdir = tmp_path_factory.mktemp('stage2')
