@@ -64,6 +64,8 @@ HEADROOM = 0.9  # Share of HBM a plan may fill (the TPU runtime keeps some).
 
 _MODELS = flags.DEFINE_list('models', list(movielens_userllm.GEMMAS), 'gm.nn model names.')
 _OUT = flags.DEFINE_string('out', 'docs/scaling.md', 'Markdown file written.')
+_CELLS = flags.DEFINE_string('cells', 'docs/scaling_cells.jsonl',
+                             'Finished cells, one JSON per line: a rerun skips them.')
 _CHECK = flags.DEFINE_string('check', 'Gemma3_270M:enc:v5e-8',
                              'model:strategy:slice compiled at full depth too ("" = none).')
 
@@ -198,9 +200,24 @@ def markdown(rows: list[dict], check: dict | None, wall_s: float, cells: int) ->
   return '\n'.join(out) + '\n'
 
 
+def _load_cells(path: str) -> dict[tuple[str, str, str], dict]:
+  """Cells a previous run finished (resumable: a 12B x v5e-64 cell takes minutes)."""
+  p = pathlib.Path(path)
+  if not p.exists():
+    return {}
+  cells = {}
+  for i, line in enumerate(p.read_text().splitlines(), 1):
+    try:
+      r = json.loads(line)
+      cells[r['model'], r['strategy'], r['slice']] = r
+    except (json.JSONDecodeError, KeyError) as e:
+      raise ValueError(f'{path}:{i}: not a memory-plan cell ({e}); delete the line') from e
+  return cells
+
+
 def main(argv):
   del argv
-  t0 = time.time()
+  done = _load_cells(_CELLS.value)
   with tempfile.TemporaryDirectory() as stage1_dir:
     # Stage 2 reads the encoder's architecture from a stage-1 run's config.json.
     pathlib.Path(stage1_dir, 'config.json').write_text(
@@ -209,11 +226,16 @@ def main(argv):
     for model in _MODELS.value:
       for strategy in STRATEGIES:
         for sl in SLICES:
-          rows.append(plan_cell(model, strategy, sl, stage1_dir))
-          print(json.dumps(rows[-1]), flush=True)
-          # Written after every cell: a long run that is stopped keeps its rows.
-          pathlib.Path(_OUT.value).write_text(
-              markdown(rows, None, time.time() - t0, cells))
+          key = (model, strategy, sl.name)
+          if key not in done:
+            done[key] = plan_cell(model, strategy, sl, stage1_dir)
+            print(json.dumps(done[key]), flush=True)
+            # Appended after every cell: a long run that is stopped keeps its cells.
+            with open(_CELLS.value, 'a') as f:
+              f.write(json.dumps(done[key]) + '\n')
+          rows.append(done[key])
+          wall = sum(r['compile_s'] for r in rows)
+          pathlib.Path(_OUT.value).write_text(markdown(rows, None, wall, cells))
     check = None
     if _CHECK.value:
       model, strategy, name = _CHECK.value.split(':')
@@ -221,7 +243,8 @@ def main(argv):
         check = check_extrapolation(model, strategy, next(s for s in SLICES if s.name == name),
                                     stage1_dir)
         print(json.dumps(check), flush=True)
-  pathlib.Path(_OUT.value).write_text(markdown(rows, check, time.time() - t0, cells))
+  pathlib.Path(_OUT.value).write_text(
+      markdown(rows, check, sum(r['compile_s'] for r in rows), cells))
   print(f'Wrote {_OUT.value}')
 
 

@@ -41,7 +41,9 @@ ROWS = {  # row -> (label, config arg)
     'ar_early': ('AR encoder, early fusion, no seen-item bias', 'model=ar,fusion=early,seen_bias=False'),
     'ar_late': ('AR encoder, late fusion, no seen-item bias', 'model=ar,fusion=late,seen_bias=False'),
     'dual': ('Dual Encoder', 'model=dual'),
-    'bert4rec': ('Bert4Rec', 'model=bert4rec'),
+    'bert4rec': ('Bert4Rec', 'model=bert4rec,seen_bias=False'),
+    # The same bias on Bert4Rec's head (the items it reads unmasked): the fair comparison.
+    'bert4rec_seen': ('Bert4Rec + seen-item bias', 'model=bert4rec,seen_bias=True'),
     'popularity': ('Popularity', 'model=popularity'),
 }
 PROTOCOLS = ('standard', 'multi_target')

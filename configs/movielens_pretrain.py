@@ -6,7 +6,7 @@ Launch (from the repo root):
       --workdir workdirs/stage1/standard/ar_early_s0
 Variants (arg string after ':', comma separated):
   model=ar|dual|bert4rec|popularity   fusion=early|late   runlocal (tiny smoke run)
-  seen_bias=True|False (AR: learned offset for items already in the window)
+  seen_bias=True|False (AR, Bert4Rec: learned offset for items already in the window)
   protocol=standard|multi_target|full_window (docs/stage1.md)
   synthetic (toy data, no files needed), steps=N
   path=DIR, reviews_file=FILE, meta_file=FILE (the data files; or --config.data.path=...)

@@ -117,7 +117,7 @@ class PretrainExperiment(experiment_lib.Experiment):
       window_len = history_len + 1
       enc = ue.encoder_from_config(mc, {'item': self.num_items + 1}, max_len=window_len,
                                    causal=False)
-      return baselines.Bert4Rec(enc)
+      return baselines.Bert4Rec(enc, seen_item_bias=mc.get('seen_item_bias', False))
     if self.model_name == 'dual':
       return baselines.DualEncoder(self.vocab_sizes, embed_dims, mc.d_model, mc.mlp_dim, dtype)
     if self.model_name == 'popularity':

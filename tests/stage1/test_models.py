@@ -191,3 +191,33 @@ def test_seen_item_bias_shifts_seen_logits_only():
   with pytest.raises(ValueError, match='causal'):
     ue.UserEncoderLM(_encoder(causal=False), seen_item_bias=True).init(
         jax.random.key(0), feats, mask)
+
+
+def test_bert4rec_seen_item_bias_shifts_the_items_it_reads():
+  enc = ue.UserEncoder({'item': 31}, {'item': 8}, d_model=16, num_heads=2, mlp_dim=32,
+                       max_len=8, causal=False)
+  model = baselines.Bert4Rec(enc, seen_item_bias=True)
+  items = jnp.array([[0, 4, 9, 12, 20, 7]])  # pad, then 5 real events.
+  mask = items > 0
+  masked = jnp.array([[False, False, True, False, False, True]])  # 9 and 7 hidden.
+  pos = jnp.array([[2, 5]])
+  params = model.init(jax.random.key(0), {'item': items}, mask, masked, pos)['params']
+  base = model.apply({'params': params}, {'item': items}, mask, masked, pos)
+  shifted = model.apply({'params': dict(params, seen_item_bias=jnp.float32(-3.0))},
+                        {'item': items}, mask, masked, pos)
+  diff = np.asarray(shifted - base)
+  # Both scored positions: the unmasked real items 4, 12, 20 (before and after), only.
+  for k in range(2):
+    assert set(np.flatnonzero(np.abs(diff[0, k]) > 1e-6)) == {4, 12, 20}
+    np.testing.assert_allclose(diff[0, k, [4, 12, 20]], -3.0, atol=1e-5)
+
+
+def test_next_event_loss_matches_log_softmax():
+  rng = np.random.default_rng(0)
+  logits = {'item': jnp.asarray(rng.normal(size=(2, 3, 7)) * 5, jnp.float32)}
+  tgt = {'item': jnp.asarray(rng.integers(1, 7, (2, 3)), jnp.int32)}
+  w = jnp.asarray([[1.0, 1.0, 0.0], [1.0, 0.0, 1.0]])
+  loss, _ = ue.next_event_loss(logits, tgt, w)
+  ce = -np.take_along_axis(np.asarray(jax.nn.log_softmax(logits['item'])),
+                           np.asarray(tgt['item'])[..., None], -1)[..., 0]
+  np.testing.assert_allclose(loss, (ce * np.asarray(w)).sum() / 4.0, rtol=1e-5)

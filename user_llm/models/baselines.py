@@ -67,6 +67,10 @@ class Bert4Rec(nn.Module):
   """
 
   user_encoder: ue.UserEncoder
+  # As `UserEncoderLM.seen_item_bias`: one learned scalar added to the logits of the
+  # items the model reads in its input (the window's real, un-[MASK]ed events; with a
+  # bidirectional encoder that is every position, before or after the scored one).
+  seen_item_bias: bool = False
 
   @property
   def mask_id(self) -> int:
@@ -75,6 +79,8 @@ class Bert4Rec(nn.Module):
   def setup(self):
     enc = self.user_encoder
     self.heads = ue.NextEventHeads({'item': self.mask_id}, enc.dtype, enc.param_dtype)
+    if self.seen_item_bias:
+      self.seen_bias = self.param('seen_item_bias', nn.initializers.zeros, (), enc.param_dtype)
 
   def __call__(self, features, mask, masked: Array, positions: Array, train: bool = False):
     """Item logits at chosen positions.
@@ -86,10 +92,15 @@ class Bert4Rec(nn.Module):
     Returns:
       float32 [B, K, V].
     """
-    features = dict(features, item=jnp.where(masked, self.mask_id, features['item']))
+    items = features['item']
+    features = dict(features, item=jnp.where(masked, self.mask_id, items))
     h = self.user_encoder(features, mask, train)
     h = jnp.take_along_axis(h, positions[..., None], axis=1)
-    return self.heads(h)['item']
+    logits = self.heads(h)['item']
+    if self.seen_item_bias:
+      read = ue.first_positions(items, mask & ~masked & (items > 1), self.mask_id)
+      logits = logits + self.seen_bias * (read < items.shape[1])[:, None, :].astype(jnp.float32)
+    return logits
 
 
 class Popularity(nn.Module):
