@@ -9,7 +9,9 @@ divisible by its mesh axes, or a spec longer than the array rank, falls back to
 replication for that dimension/array. Unmatched arrays are replicated.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+import contextlib
+import contextvars
 import math
 import re
 from typing import Any
@@ -19,6 +21,41 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 BATCH_AXES = ('data', 'fsdp')  # Batches are split over these mesh axes.
+
+# The mesh whose batch axes activations are pinned to while a step is traced
+# (`activations_on`); None = no constraint (unsharded calls, tests, decoding).
+_ACTIVATION_MESH: contextvars.ContextVar[Mesh | None] = contextvars.ContextVar(
+    'activation_mesh', default=None)
+
+
+@contextlib.contextmanager
+def activations_on(mesh: Mesh | None) -> Iterator[None]:
+  """While tracing under it, `constrain_batch` splits activations over `mesh`'s batch axes."""
+  token = _ACTIVATION_MESH.set(mesh)
+  try:
+    yield
+  finally:
+    _ACTIVATION_MESH.reset(token)
+
+
+def constrain_batch(x: jax.Array) -> jax.Array:
+  """x [B, ...] with B split over the batch axes of the `activations_on` mesh (else x).
+
+  Why: with FSDP, parameters and batch are both split over 'fsdp', and without a
+  constraint XLA's propagation may keep a weight sharded on its model dimension and
+  all-gather the *activations* instead, so every device computes the whole global
+  batch (measured: a stage-2 step's memory per example grew with the device count,
+  docs/scaling.md). Pinning the residual stream keeps each device on its own rows and
+  all-gathers the weights, which is what FSDP means.
+  """
+  mesh = _ACTIVATION_MESH.get()
+  if mesh is None:
+    return x
+  axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names)
+  if not axes or x.shape[0] % _axis_size(mesh, axes):
+    return x
+  return jax.lax.with_sharding_constraint(
+      x, NamedSharding(mesh, P(axes, *([None] * (x.ndim - 1)))))
 
 
 def make_mesh(mesh_config: Sequence[tuple[str, int]], devices=None) -> Mesh:

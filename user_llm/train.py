@@ -125,8 +125,11 @@ def make_train_step(exp: experiment_lib.Experiment, tx, state_sh, batch_sh, mesh
   frozen = jax.tree.map(lambda label: label == optim.FROZEN, labels)
   if not any(jax.tree.leaves(frozen)):
     frozen = None
-  return jax.jit(functools.partial(train_step, loss_fn=loss_fn, tx=tx, frozen=frozen),
-                 in_shardings=(state_sh, batch_sh, rep), out_shardings=(state_sh, rep),
+  def step(state, batch, rng):
+    with sharding.activations_on(mesh):  # Trace time: pins activations to the batch axes.
+      return train_step(state, batch, rng, loss_fn=loss_fn, tx=tx, frozen=frozen)
+
+  return jax.jit(step, in_shardings=(state_sh, batch_sh, rep), out_shardings=(state_sh, rep),
                  donate_argnums=(0,))
 
 

@@ -30,6 +30,7 @@ from gemma import gm
 import jax
 import jax.numpy as jnp
 
+from user_llm import sharding
 from user_llm.models import cached_attention
 from user_llm.models import weight_einsum as we
 
@@ -227,7 +228,8 @@ class GemmaDecoder(nn.Module):
           x = layer_hook(i, x)
         name = f'layer_{i}'
         layer_cache, x = block(
-            x, positions, None if cache is None else cache[name], attention_mask
+            sharding.constrain_batch(x), positions, None if cache is None else cache[name],
+            attention_mask
         )
         if new_cache is not None:
           new_cache[name] = layer_cache
@@ -238,7 +240,8 @@ class GemmaDecoder(nn.Module):
       x = x[logits_rows, logits_at]
     elif logits_at is not None:
       x = jnp.take_along_axis(x, logits_at[..., None], axis=1)
-    logits = self.unembed(x)
+    # Each device unembeds its own rows (all-gathering the table), not the global batch.
+    logits = self.unembed(sharding.constrain_batch(x))
     if self.config.final_logit_softcap is not None:
       cap = self.config.final_logit_softcap
       logits = jnp.tanh(logits / cap) * cap
