@@ -171,7 +171,10 @@ def markdown(rows: list[dict], check: dict | None, wall_s: float, cells: int) ->
          '`configs/movielens_userllm.py:model=M,strategy=S` (cross-attention every 3rd '
          'layer, 50 history events, 56 tokens per example, AdamW; frozen decoder bf16, '
          'trained decoder (Full) f32; remat `dots_with_no_batch_dims_saveable` for 1B and '
-         'up), FSDP over every chip of the slice.', '',
+         'up), FSDP over every chip of the slice, the residual stream pinned to the batch '
+         'axes (`sharding.constrain_batch`: without it XLA all-gathered activations instead '
+         'of weights, and on v5e-64 an extra example cost 5.9 GiB per device instead of the '
+         'share of one example).', '',
          f'Per device: bytes XLA assigns one device (arguments + outputs - donated + '
          f'temporaries) at 1 example per device; "max global batch" fills {HEADROOM:.0%} of '
          'HBM; step time = compiled FLOPs per device / the chip\'s bf16 peak (an ideal: '
