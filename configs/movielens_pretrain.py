@@ -86,6 +86,9 @@ def get_config(arg: str | None = None, dataset: str = 'movielens') -> ml_collect
   # AR: a learned logit offset for the items already in the window (MovieLens users rate
   # a movie once; validation R@10 0.077 -> 0.100: benchmarks/stage1_results.md).
   c.model.seen_item_bias = a.seen_bias
+  # AR: training-time probability of reading an input item as OOV (its genre and rating
+  # stay), Bert4Rec-style input noise. 0 = off.
+  c.model.item_dropout = 0.0
   c.model.temperature = 0.05  # Dual Encoder: softmax temperature on cosine scores.
   c.model.mask_prob = 0.2  # Bert4Rec: fraction of item positions [MASK]ed.
   c.model.last_mask_prob = 0.25  # Bert4Rec: rows where only the last event is masked.

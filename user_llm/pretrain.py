@@ -109,7 +109,8 @@ class PretrainExperiment(experiment_lib.Experiment):
       return ue.UserEncoderLM(ue.encoder_from_config(mc, self.vocab_sizes, max_len=history_len),
                               head_features=mc.get('head_features') or None,
                               tie_item_head=mc.get('tie_item_head', False),
-                              seen_item_bias=mc.get('seen_item_bias', False))
+                              seen_item_bias=mc.get('seen_item_bias', False),
+                              item_dropout=mc.get('item_dropout', 0.0))
     embed_dims = {f: mc.embed_dims[f] for f in self.features}
     if self.model_name == 'bert4rec':
       # Items only (as in Bert4Rec): other features of the [MASK]ed target would leak it.

@@ -221,3 +221,18 @@ def test_next_event_loss_matches_log_softmax():
   ce = -np.take_along_axis(np.asarray(jax.nn.log_softmax(logits['item'])),
                            np.asarray(tgt['item'])[..., None], -1)[..., 0]
   np.testing.assert_allclose(loss, (ce * np.asarray(w)).sum() / 4.0, rtol=1e-5)
+
+
+def test_item_dropout_hides_input_items_in_training_only():
+  model = ue.UserEncoderLM(_encoder(), tie_item_head=True, seen_item_bias=True, item_dropout=0.5)
+  feats, mask = _feats(), jnp.ones((2, 6), bool)
+  params = model.init(jax.random.key(0), feats, mask)
+  h, _ = model.apply(params, feats, mask)
+  h2, _ = model.apply(params, feats, mask)
+  np.testing.assert_array_equal(h, h2)  # Evaluation reads every item.
+  plain = ue.UserEncoderLM(_encoder(), tie_item_head=True, seen_item_bias=True)
+  rngs = {'dropout': jax.random.key(3)}
+  # The encoder's own dropout is 0 here: any difference is the item dropout.
+  ht, _ = model.apply(params, feats, mask, train=True, rngs=rngs)
+  hp, _ = plain.apply(params, feats, mask, train=True, rngs=rngs)
+  assert not np.allclose(ht, hp)

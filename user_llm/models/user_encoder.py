@@ -29,6 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from data_pipelines import OOV_ID
 from user_llm.models import gemma as gemma_lib
 
 Array = jax.Array
@@ -346,6 +347,10 @@ class UserEncoderLM(nn.Module):
   # which the Transformer alone learned poorly: benchmarks/stage1_results.md). Causal
   # only: it reads the window's items, never a later one.
   seen_item_bias: bool = False
+  # Training only: each real input item is replaced by the OOV id with this
+  # probability (the encoder then reads its genre and rating only), as Bert4Rec's
+  # [MASK] does; targets and the seen-item bias keep the true items.
+  item_dropout: float = 0.0
 
   def setup(self):
     enc = self.user_encoder
@@ -369,7 +374,12 @@ class UserEncoderLM(nn.Module):
     `last_k` restricts the heads to the last K positions (K = U if None): the
     vocabulary-sized heads dominate the cost, so training may score fewer positions.
     """
-    h = self.user_encoder(features, mask, train)
+    inputs = features
+    if train and self.item_dropout > 0:
+      drop = jax.random.bernoulli(self.make_rng('dropout'), self.item_dropout, mask.shape)
+      inputs = dict(features, item=jnp.where(drop & (features['item'] > 1), OOV_ID,
+                                              features['item']))
+    h = self.user_encoder(inputs, mask, train)
     hk = h if last_k is None else h[:, -last_k:]
     logits = self.heads(hk)
     if self.tie_item_head:
