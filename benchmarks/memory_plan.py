@@ -230,6 +230,9 @@ def main(argv):
       for strategy in STRATEGIES:
         for sl in SLICES:
           key = (model, strategy, sl.name)
+          # Re-read: another process (e.g. `--models` in the reverse order) may have
+          # finished the cell meanwhile.
+          done.update(_load_cells(_CELLS.value))
           if key not in done:
             done[key] = plan_cell(model, strategy, sl, stage1_dir)
             print(json.dumps(done[key]), flush=True)
