@@ -33,13 +33,19 @@ import numpy as np
 from user_llm import stats
 
 ROWS = {  # row -> (label, config arg)
-    'ar_early_seen': ('AR encoder, early fusion + seen-item bias (User-LLM, default config)',
-                      'model=ar,fusion=early,seen_bias=True'),
-    'ar_late_seen': ('AR encoder, late fusion + seen-item bias', 'model=ar,fusion=late,seen_bias=True'),
+    'ar_early_drop': ('AR encoder, early fusion + seen-item bias + item dropout 0.2 '
+                      '(User-LLM, default config)',
+                      'model=ar,fusion=early,seen_bias=True,item_dropout=0.2'),
+    'ar_early_seen': ('AR encoder, early fusion + seen-item bias',
+                      'model=ar,fusion=early,seen_bias=True,item_dropout=0.0'),
+    'ar_late_seen': ('AR encoder, late fusion + seen-item bias',
+                     'model=ar,fusion=late,seen_bias=True,item_dropout=0.0'),
     # Without the head's seen-item bias (the default before 2026-12-01); stage 2's
     # benchmark rows read ar_early's seed-0 encoder.
-    'ar_early': ('AR encoder, early fusion, no seen-item bias', 'model=ar,fusion=early,seen_bias=False'),
-    'ar_late': ('AR encoder, late fusion, no seen-item bias', 'model=ar,fusion=late,seen_bias=False'),
+    'ar_early': ('AR encoder, early fusion, no seen-item bias',
+                 'model=ar,fusion=early,seen_bias=False,item_dropout=0.0'),
+    'ar_late': ('AR encoder, late fusion, no seen-item bias',
+                'model=ar,fusion=late,seen_bias=False,item_dropout=0.0'),
     'dual': ('Dual Encoder', 'model=dual'),
     'bert4rec': ('Bert4Rec', 'model=bert4rec,seen_bias=False'),
     # The same bias on Bert4Rec's head (the items it reads unmasked): the fair comparison.
@@ -47,7 +53,7 @@ ROWS = {  # row -> (label, config arg)
     'popularity': ('Popularity', 'model=popularity'),
 }
 PROTOCOLS = ('standard', 'multi_target')
-BASE_ROWS = ('ar_early_seen', 'ar_early')  # Paired differences: the first row present.
+BASE_ROWS = ('ar_early_drop', 'ar_early_seen', 'ar_early')  # Paired differences: the first row present.
 HISTORY_LEN = 50  # config.data.history_len of the runs (events before a target).
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS_DIR = os.path.join(ROOT, 'benchmarks', 'stage1_runs')
