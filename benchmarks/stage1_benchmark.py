@@ -33,11 +33,10 @@ import numpy as np
 from user_llm import stats
 
 ROWS = {  # row -> (label, config arg)
-    'ar_early_drop': ('AR encoder, early fusion + seen-item bias + item dropout 0.2 '
-                      '(User-LLM, default config)',
-                      'model=ar,fusion=early,seen_bias=True,item_dropout=0.2'),
-    'ar_early_seen': ('AR encoder, early fusion + seen-item bias',
+    'ar_early_seen': ('AR encoder, early fusion + seen-item bias (User-LLM, default config)',
                       'model=ar,fusion=early,seen_bias=True,item_dropout=0.0'),
+    'ar_early_drop': ('AR encoder, early fusion + seen-item bias + item dropout 0.2',
+                      'model=ar,fusion=early,seen_bias=True,item_dropout=0.2'),
     'ar_late_seen': ('AR encoder, late fusion + seen-item bias',
                      'model=ar,fusion=late,seen_bias=True,item_dropout=0.0'),
     # Without the head's seen-item bias (the default before 2026-12-01); stage 2's
@@ -53,7 +52,7 @@ ROWS = {  # row -> (label, config arg)
     'popularity': ('Popularity', 'model=popularity'),
 }
 PROTOCOLS = ('standard', 'multi_target')
-BASE_ROWS = ('ar_early_drop', 'ar_early_seen', 'ar_early')  # Paired differences: the first row present.
+BASE_ROWS = ('ar_early_seen', 'ar_early')  # Paired differences: the first row present.
 HISTORY_LEN = 50  # config.data.history_len of the runs (events before a target).
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS_DIR = os.path.join(ROOT, 'benchmarks', 'stage1_runs')
