@@ -10,7 +10,6 @@ Train state: a dict `{'step': int32[], 'params': ..., 'opt_state': ...}`.
 
 from collections.abc import Callable, Mapping
 import dataclasses
-import functools
 import json
 import math
 import os
