@@ -28,6 +28,10 @@ from absl import logging
 # name -> (config arg, description). Strategy 'enc' unless the name says otherwise.
 ROWS = {
     'xattn': ('mode=cross_attention', 'cross-attention, Enc'),
+    # The stage-1 default since 2026-12-01 (seen-item bias in its head); same architecture,
+    # so xattn_random_enc is its random counterpart too.
+    'xattn_seen': ('mode=cross_attention,encoder=workdirs/stage1/standard/ar_early_seen_s0',
+                   'cross-attention, Enc, stage-1 encoder with seen-item bias'),
     'xattn_random_enc': ('mode=cross_attention,random_encoder', 'cross-attention, random encoder, Enc'),
     'text_prompt_zeroshot': ('mode=text_prompt,strategy=enc', 'text prompt, frozen Gemma (nothing to train)'),
     'soft': ('mode=soft_prompt', 'soft prompt, Enc'),

@@ -23,8 +23,13 @@ import numpy as np
 _WORKROOT = flags.DEFINE_string('workroot', 'workdirs/stage2_bench', 'Row workdirs.')
 _PAIRS = flags.DEFINE_list('pairs', ['xattn:xattn_random_enc', 'xattn:text_prompt_zeroshot',
                                      'xattn:soft', 'xattn:text_prompt_lora',
-                                     'xattn_proj:xattn_proj_random_enc', 'xattn:xattn_perceiver'],
+                                     'xattn_proj:xattn_proj_random_enc', 'xattn:xattn_perceiver',
+                                     'xattn_seen:xattn_random_enc', 'xattn_seen:xattn',
+                                     'xattn_seen:text_prompt_lora'],
                            'a:b row pairs whose paired differences to report.')
+_ENCODERS = flags.DEFINE_list(
+    'encoders', [], 'Stage-1 workdirs whose item heads to score; default: the one the '
+    'config loads and the seen-item-bias encoder of the xattn_seen row (at 50 events).')
 _HISTORY_LEN = flags.DEFINE_integer('history_len', 50, 'History events before a target.')
 _EXAMPLES = flags.DEFINE_integer('examples', 4000, 'Training examples of the rows.')
 _OUT = flags.DEFINE_string('out', 'benchmarks/stage2_references.md', 'Markdown.')
@@ -34,13 +39,12 @@ def _fmt(est) -> str:
   return f'{est.mean:.3f} [{est.lo:.3f}, {est.hi:.3f}]'
 
 
-def stage1_reference(exp) -> dict[str, np.ndarray]:
-  """Per-test-example hits of the stage-1 encoder over the LLM rows' candidates."""
+def stage1_reference(exp, workdir: str) -> dict[str, np.ndarray]:
+  """Per-test-example hits of the stage-1 run in `workdir` over the LLM rows' candidates."""
   from user_llm import checkpointing  # pylint: disable=g-import-not-at-top
   from user_llm import experiment  # pylint: disable=g-import-not-at-top
   from user_llm import metrics  # pylint: disable=g-import-not-at-top
   from user_llm.evaluators import candidates  # pylint: disable=g-import-not-at-top
-  workdir = exp.config.userllm.encoder_workdir
   s1 = experiment.read_config(os.path.join(workdir, 'config.json'))  # Old ones too.
   s1exp = experiment.build(s1, exp.mesh)  # Builds stage 1's data and model.
   params = checkpointing.load_params(workdir)
@@ -109,15 +113,17 @@ def main(argv):
   cfg = movielens_userllm.get_config(f'history_len={_HISTORY_LEN.value}')
   cfg.eval.max_batches = -1
   exp = experiment.build(cfg, sharding.make_mesh(cfg.mesh))
-  s1 = stage1_reference(exp)
+  encoders = _ENCODERS.value or [cfg.userllm.encoder_workdir] + (
+      ['workdirs/stage1/standard/ar_early_seen_s0'] if _HISTORY_LEN.value == 50 else [])
+  refs = [(w, stage1_reference(exp, w)) for w in encoders if os.path.isdir(w)]
   genre, maj = majority_reference(exp)
   lines = ['## Non-LLM references (same test users, same candidates)\n',
            'Command: `python -m benchmarks.stage2_references`\n',
            '| reference | fav-genre R@1 | next-item R@1 | next-item R@5 | next-item R@10 | test users |',
            '|---|---|---|---|---|---|',
-           f"| stage-1 encoder's item head ({cfg.userllm.encoder_workdir}) | n/a | "
-           + ' | '.join(_fmt(stats.bootstrap(s1[f'recall@{k}'], s1['user'])) for k in (1, 5, 10))
-           + f" | {len(s1['user'])} |",
+           *(f"| stage-1 encoder's item head ({w}) | n/a | "
+             + ' | '.join(_fmt(stats.bootstrap(s1[f'recall@{k}'], s1['user'])) for k in (1, 5, 10))
+             + f" | {len(s1['user'])} |" for w, s1 in refs),
            f"| majority genre of the training examples ({genre}) | "
            f"{_fmt(stats.bootstrap(maj['recall@1'], maj['user']))} | n/a | n/a | n/a | "
            f"{len(maj['user'])} |",

@@ -10,6 +10,7 @@ history_len != 50), or `random_encoder`):
 Variants (arg string after ':', comma separated):
   mode=cross_attention|soft_prompt|text_prompt   latents=16 (Perceiver; 0 = none)
   strategy=enc|lora|full|proj   random_encoder   steps=N
+  encoder=DIR (the stage-1 workdir to load; default below)
   history_len=50 (history events before each target; 200 needs a stage-1 run at 200)
   model=Gemma3_270M|Gemma3_1B|Gemma3_4B|Gemma3_12B (larger ones: the official Orbax
     checkpoints of gm.ckpts, FSDP over every device, remat; docs/scaling.md sizes them)
@@ -67,7 +68,7 @@ def get_config(arg: str | None = None, dataset: str = 'movielens') -> ml_collect
   """Returns the stage-2 config of `dataset`; see the module docstring for `arg`."""
   a = common.parse_arg(arg, mode='cross_attention', latents=0, strategy='enc',
                        random_encoder=False, history_len=50, steps=0, runlocal=False,
-                       model='Gemma3_270M', **common.DATA_FILE_ARGS)
+                       model='Gemma3_270M', encoder='', **common.DATA_FILE_ARGS)
   if a.model not in GEMMAS:
     raise ValueError(f'Unknown model={a.model!r}; known: {sorted(GEMMAS)}')
   checkpoint, remat = GEMMAS[a.model]
@@ -117,7 +118,7 @@ def get_config(arg: str | None = None, dataset: str = 'movielens') -> ml_collect
   # `--config.data.history_len=200`, workdir ..._L200) and, unless random_encoder, its weights.
   # At 50 events: seed 0 of the stage-1 benchmark's AR early-fusion row (protocol
   # 'standard'; it shares the vocabularies of stage 2's full-window data).
-  c.userllm.encoder_workdir = encoder_workdir(dataset, a.history_len)
+  c.userllm.encoder_workdir = a.encoder or encoder_workdir(dataset, a.history_len)
   c.userllm.random_encoder = a.random_encoder  # Ablation: its architecture, fresh weights.
 
   c.train = ml_collections.ConfigDict()
