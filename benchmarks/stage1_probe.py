@@ -1,10 +1,11 @@
 r"""Linear probes on frozen stage-1 user embeddings (user_llm/probe.py).
 
-  python -m benchmarks.stage1_probe --workdir workdirs/stage1/standard/ar_early_s0
+  python -m benchmarks.stage1_probe \
+      --workdir workdirs/stage1/standard/ar_early_s0,workdirs/stage1/standard/ar_early_seen_s0
 
 Windows are stage 2's (protocol 'full_window': 50 history events, users with >= 52
-events); the encoder is the run's (its config.json and last checkpoint). Rows: the
-pretrained encoder, the same architecture randomly initialised (3 init seeds), each
+events); the encoders are the runs' (config.json of the first, every run's last
+checkpoint: the runs must share an encoder architecture). Rows: each pretrained encoder, the same architecture randomly initialised (3 init seeds), each
 pooled two ways (the last output; the mean of all outputs), the history's bag of
 genres, and the majority class. Writes a JSON of the estimates.
 """
@@ -96,7 +97,9 @@ def encoder_features(exp, params, feats, mask, batch_size: int = 512) -> np.ndar
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--workdir', default='workdirs/stage1/standard/ar_early_s0')
+  parser.add_argument('--workdir', default='workdirs/stage1/standard/ar_early_s0,'
+                      'workdirs/stage1/standard/ar_early_seen_s0',
+                      help='Stage-1 workdirs, comma separated (same encoder architecture).')
   parser.add_argument('--per_user', type=int, default=0,
                       help='Training windows per user (0 = all of them).')
   parser.add_argument('--folds', type=int, default=5)
@@ -104,14 +107,18 @@ def main():
   parser.add_argument('--out', default='benchmarks/stage1_probe.json')
   args = parser.parse_args()
 
-  exp = load_experiment(args.workdir)
+  workdirs = args.workdir.split(',')
+  exp = load_experiment(workdirs[0])
   rows = probe_windows(exp.prepared, args.per_user, seed=0)
   is_test = np.zeros(len(rows), bool)
   is_test[-len(exp.prepared.windows('test')):] = True
   fav, nxt, bag = labels_and_bag(exp.prepared, rows)
   labels = {'fav_genre': fav, 'next_genre': nxt}
   num_classes = exp.prepared.vocabs['genre'].size
-  encoders = {'pretrained encoder': checkpointing.load_params(args.workdir)}
+  encoders = {}
+  for wd in workdirs:
+    name = 'pretrained encoder' if len(workdirs) == 1 else f'pretrained {os.path.basename(wd)}'
+    encoders[name] = checkpointing.load_params(wd)
   for s in args.random_seeds.split(','):
     encoders[f'random encoder (init seed {s})'] = exp.init_params(jax.random.key(1000 + int(s)))
   inputs = window_inputs(exp, rows)
@@ -125,7 +132,7 @@ def main():
     feats[f'{name}, mean over positions'] = x[:, d:]
   feats['bag of genres (counts / 50)'] = bag
 
-  results = {'workdir': args.workdir, 'train_windows': int((~is_test).sum()),
+  results = {'workdir': workdirs, 'train_windows': int((~is_test).sum()),
              'test_users': int(is_test.sum()), 'folds': args.folds, 'rows': {}}
   users = rows[:, 0]
   for name, x in feats.items():

@@ -77,6 +77,24 @@ def recall_at(scores, target, ks=(1, 5, 10)) -> dict[str, np.ndarray]:
   return {f'recall@{k}': (rank < k).astype(np.float32) for k in ks}
 
 
+def nll_and_top1(logits: Array, targets: Array) -> tuple[Array, Array]:
+  """Softmax cross-entropy and top-1 hit per position, for training losses.
+
+  Args: logits float [..., V]; targets int [...].
+  Returns: (nll [...] = logsumexp - target logit, hit float32 [...] = 1 where the
+  target's logit is the maximum; ties count as hits, no gradient).
+
+  Never materialises a [..., V] log-softmax, and takes no argmax: on XLA:CPU an
+  argmax over the vocabulary is a variadic (value, index) reduce that cost a quarter
+  of a Gemma step (262k logits) and 17% of a stage-1 step (9.7k), where this max is
+  shared with the logsumexp.
+  """
+  tgt = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  nll = jax.nn.logsumexp(logits, axis=-1) - tgt
+  hit = jax.lax.stop_gradient(tgt >= jnp.max(logits, axis=-1)).astype(jnp.float32)
+  return nll, hit
+
+
 def accuracy(logits: Array, labels: Array) -> Array:
   """Per-example top-1 accuracy: float32 [...] for logits [..., V], labels [...]."""
   return (logits.argmax(-1) == labels).astype(jnp.float32)

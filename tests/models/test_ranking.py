@@ -62,3 +62,17 @@ def test_one_tie_rule_for_recall_at_and_rank_metrics():
   np.testing.assert_array_equal(metrics.rank_of_target(const, target, excl), [2, 2])
   np.testing.assert_array_equal(
       metrics.rank_of_target(jnp.asarray(const), jnp.asarray(target), jnp.asarray(excl)), [2, 2])
+
+
+def test_nll_and_top1_is_cross_entropy_and_argmax():
+  logits = jax.random.normal(jax.random.key(0), (3, 4, 37)) * 3.0
+  targets = jax.random.randint(jax.random.key(1), (3, 4), 0, 37)
+  targets = targets.at[0, 0].set(logits[0, 0].argmax())  # At least one hit.
+  nll, hit = metrics.nll_and_top1(logits, targets)
+  ref = -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1)[..., 0]
+  np.testing.assert_allclose(nll, ref, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(hit, (logits.argmax(-1) == targets).astype(np.float32))
+  assert hit[0, 0] == 1.0
+  grad = jax.grad(lambda x: metrics.nll_and_top1(x, targets)[0].sum())(logits)
+  np.testing.assert_allclose(grad, jax.nn.softmax(logits) - jax.nn.one_hot(targets, 37),
+                             rtol=1e-5, atol=1e-6)

@@ -58,6 +58,8 @@ def test_userllm_variants_build():
   long = movielens_userllm.get_config('history_len=200,mode=text_prompt')
   assert long.userllm.encoder_workdir.endswith('stage1_ar_early_L200')
   assert long.data.max_prompt_tokens >= 22 * 200  # ~22 Gemma tokens per event.
+  other = movielens_userllm.get_config('encoder=/runs/stage1_seen,history_len=200')
+  assert other.userllm.encoder_workdir == '/runs/stage1_seen'  # encoder= wins.
   with pytest.raises(ValueError, match='strategy'):
     movielens_userllm.get_config('strategy=enc,stratgy=full')
 

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from data_pipelines import OOV_ID
+from user_llm import metrics as metrics_lib
 from user_llm.models import gemma as gemma_lib
 
 Array = jax.Array
@@ -431,11 +432,9 @@ def next_event_loss(logits: Mapping[str, Array], targets: Mapping[str, Array],
   total, metrics = 0.0, {}
   for f in sorted(logits):
     w = weights * (targets[f] > 0)  # id 0 is padding: not a target.
-    # logsumexp - target logit: never materialises a [B, U, V] log-softmax.
-    ce = (jax.nn.logsumexp(logits[f], axis=-1)
-          - jnp.take_along_axis(logits[f], targets[f][..., None], -1)[..., 0])
+    ce, hit = metrics_lib.nll_and_top1(logits[f], targets[f])
     loss_f = (ce * w).sum() / denom
     total = total + loss_f
     metrics[f'loss_{f}'] = loss_f
-    metrics[f'acc_{f}'] = ((logits[f].argmax(-1) == targets[f]) * w).sum() / jnp.maximum(w.sum(), 1.0)
+    metrics[f'acc_{f}'] = (hit * w).sum() / jnp.maximum(w.sum(), 1.0)
   return total, metrics
