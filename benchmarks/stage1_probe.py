@@ -34,7 +34,7 @@ def load_experiment(wd: str) -> pretrain.PretrainExperiment:
   config = experiment.read_config(os.path.join(wd, 'config.json'))
   movielens_pretrain.set_protocol(config, 'full_window')
   config.data.stride = 1
-  return pretrain.PretrainExperiment(config, sharding.make_mesh(config.mesh))
+  return experiment.build(config, sharding.make_mesh(config.mesh))
 
 
 def probe_windows(prepared, per_user: int, seed: int) -> np.ndarray:

@@ -83,6 +83,48 @@ def majority_reference(exp) -> tuple[str, dict[str, np.ndarray]]:
   return name, {'user': np.concatenate(users), 'recall@1': np.concatenate(hits)}
 
 
+def answer_coverage(exp) -> tuple[np.ndarray, np.ndarray, int]:
+  """(test users, bool per test example: its next item was an answer of a training
+  example the rows saw, number of distinct training answers)."""
+  cfg = exp.config
+  n = _EXAMPLES.value // 2 // cfg.train.batch_size  # next_item half (seed + 0) of the mix.
+  answers = set(np.concatenate([b['target'][b['example_mask']] for b in itertools.islice(
+      exp.dataset('train', 'next_item', cfg.train.batch_size, cfg.train.seed), n)]).tolist())
+  users, seen = [], []
+  for b in exp.dataset(cfg.eval.split, 'next_item', cfg.eval.batch_size, 0, shuffle=False,
+                       num_epochs=1):
+    keep = b['example_mask']
+    users.append(b['user'][keep])
+    seen.append(np.isin(b['target'][keep], list(answers)))
+  return np.concatenate(users), np.concatenate(seen), len(answers)
+
+
+def coverage_table(exp, refs, rows: list[str]) -> list[str]:
+  """Next-item R@5 split by whether the test item was a training answer."""
+  from user_llm import stats  # pylint: disable=g-import-not-at-top
+  users, seen, num_answers = answer_coverage(exp)
+  cols = [(f"stage-1 item head ({os.path.basename(w)})", s1) for w, s1 in refs]
+  for row in rows:
+    path = os.path.join(_WORKROOT.value, f'{row}_L{_HISTORY_LEN.value}', 'eval_examples.json')
+    if os.path.exists(path):
+      with open(path) as f:
+        cols.append((row, json.load(f)['next_item']))
+  lines = ['', '## Next-item R@5 by whether the test item was a training answer
+',
+           f'The rows\' {_EXAMPLES.value // 2} next-item training examples have '
+           f'{num_answers} distinct answers; {int(seen.sum())} of the {len(seen)} test '
+           'items are among them.\n',
+           '| row | R@5, item was a training answer | R@5, item never an answer |',
+           '|---|---|---|']
+  for name, ex in cols:
+    if list(ex['user']) != users.tolist():
+      continue
+    r5 = np.asarray(ex['recall@5'])
+    cells = [_fmt(stats.bootstrap(r5[m], users[m])) for m in (seen, ~seen)]
+    lines.append(f'| {name} | {cells[0]} | {cells[1]} |')
+  return lines
+
+
 def paired(a: str, b: str) -> list[str]:
   from user_llm import stats  # pylint: disable=g-import-not-at-top
   out = []
@@ -132,6 +174,9 @@ def main(argv):
   for pair in _PAIRS.value:
     a, b = pair.split(':')
     lines += paired(a, b)
+  lines += coverage_table(exp, refs, ['xattn', 'xattn_seen', 'xattn_random_enc', 'xattn_proj',
+                                      'xattn_proj_random_enc', 'xattn_perceiver', 'soft',
+                                      'text_prompt_zeroshot', 'text_prompt_lora'])
   with open(_OUT.value, 'w') as f:
     f.write('\n'.join(lines) + '\n')
   print('\n'.join(lines))
