@@ -109,8 +109,7 @@ def coverage_table(exp, refs, rows: list[str]) -> list[str]:
     if os.path.exists(path):
       with open(path) as f:
         cols.append((row, json.load(f)['next_item']))
-  lines = ['', '## Next-item R@5 by whether the test item was a training answer
-',
+  lines = ['', '## Next-item R@5 by whether the test item was a training answer\n',
            f'The rows\' {_EXAMPLES.value // 2} next-item training examples have '
            f'{num_answers} distinct answers; {int(seen.sum())} of the {len(seen)} test '
            'items are among them.\n',
