@@ -32,3 +32,20 @@ def test_fit_logreg_folds_standardisation_into_raw_weights():
   w, b = probe.fit_logreg(x, data.labels['linear'], 4)
   acc = ((x @ w + b).argmax(-1) == data.labels['linear']).mean()
   assert acc > 0.9
+
+
+def test_probe_benchmark_runs_on_a_stage1_workdir(stage1_workdir, tmp_path, monkeypatch):
+  """benchmarks/stage1_probe.py end to end on the tiny run (it once broke silently)."""
+  import json  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from benchmarks import stage1_probe  # pylint: disable=g-import-not-at-top
+  out = tmp_path / 'probe.json'
+  wd = str(stage1_workdir)
+  monkeypatch.setattr(sys, 'argv', ['stage1_probe', f'--workdir={wd},{wd}', '--random_seeds=0',
+                                    '--folds=2', f'--out={out}'])
+  stage1_probe.main()
+  rows = json.loads(out.read_text())['rows']
+  name = f'pretrained {stage1_workdir.name}, mean over positions'
+  assert {name, 'random encoder (init seed 0), last position', 'majority class'} <= set(rows)
+  for est in rows[name].values():
+    assert 0.0 <= est[1] <= est[0] <= est[2] <= 1.0  # mean inside its CI.
