@@ -9,6 +9,8 @@ On the same test windows and the same next-item candidates as benchmarks/stage2.
     read from each row's eval_examples.json.
 
   python -m benchmarks.stage2_references --out benchmarks/stage2_references.md
+  python -m benchmarks.stage2_references --workroot workdirs/stage2_bench_8k --examples 8000 \
+      --pairs xattn_seen:xattn_random_enc --out benchmarks/stage2_references_8k.md
 """
 
 import itertools
@@ -158,8 +160,9 @@ def main(argv):
       ['workdirs/stage1/standard/ar_early_seen_s0'] if _HISTORY_LEN.value == 50 else [])
   refs = [(w, stage1_reference(exp, w)) for w in encoders if os.path.isdir(w)]
   genre, maj = majority_reference(exp)
-  lines = ['## Non-LLM references (same test users, same candidates)\n',
-           'Command: `python -m benchmarks.stage2_references`\n',
+  lines = [f'## Non-LLM references and paired differences, rows of {_EXAMPLES.value:,} examples '
+           f'({_WORKROOT.value})\n',
+           'Command: `python -m benchmarks.stage2_references` (flags: module docstring)\n',
            '| reference | fav-genre R@1 | next-item R@1 | next-item R@5 | next-item R@10 | test users |',
            '|---|---|---|---|---|---|',
            *(f"| stage-1 encoder's item head ({w}) | n/a | "
