@@ -5,9 +5,10 @@ r"""Linear probes on frozen stage-1 user embeddings (user_llm/probe.py).
 
 Windows are stage 2's (protocol 'full_window': 50 history events, users with >= 52
 events); the encoders are the runs' (config.json of the first, every run's last
-checkpoint: the runs must share an encoder architecture). Rows: each pretrained encoder, the same architecture randomly initialised (3 init seeds), each
-pooled two ways (the last output; the mean of all outputs), the history's bag of
-genres, and the majority class. Writes a JSON of the estimates.
+checkpoint: the runs must share an encoder architecture). Rows: each pretrained
+encoder, the same architecture randomly initialised (3 init seeds), each pooled two
+ways (the last output; the mean of all outputs), the history's bag of genres, and the
+majority class. Writes a JSON of the estimates.
 """
 
 import argparse
