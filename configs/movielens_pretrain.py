@@ -93,6 +93,10 @@ def get_config(arg: str | None = None, dataset: str = 'movielens') -> ml_collect
   # 0.100 -> 0.113 on one seed without separating (paired CI includes 0), and test R@10
   # over 3 seeds did not follow (0.0830 vs 0.0863; benchmarks/stage1_results.md).
   c.model.item_dropout = a.item_dropout
+  # AR: the items 2..H events ahead are extra targets of the item softmax at each scored
+  # position, weighted future_weight (1 = next event only, the paper's objective).
+  c.model.future_targets = 1
+  c.model.future_weight = 0.5
   c.model.temperature = 0.05  # Dual Encoder: softmax temperature on cosine scores.
   c.model.mask_prob = 0.2  # Bert4Rec: fraction of item positions [MASK]ed.
   c.model.last_mask_prob = 0.25  # Bert4Rec: rows where only the last event is masked.

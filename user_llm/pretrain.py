@@ -151,7 +151,14 @@ class PretrainExperiment(experiment_lib.Experiment):
       k = self.config.model.loss_last_k or w.shape[1]
       _, logits = self.model.apply({'params': params}, hist, mask[:, :-1], train=True,
                                    last_k=k, rngs={'dropout': rng})
-      return ue.next_event_loss(logits, {f: t[:, -k:] for f, t in tgt.items()}, w[:, -k:])
+      loss, metrics = ue.next_event_loss(logits, {f: t[:, -k:] for f, t in tgt.items()},
+                                         w[:, -k:])
+      horizon = self.config.model.get('future_targets', 1)
+      if horizon > 1:
+        aux = ue.future_item_loss(logits['item'], feats['item'], mask, k, horizon)
+        loss = loss + self.config.model.get('future_weight', 0.5) * aux
+        metrics['loss_future_item'] = aux
+      return loss, metrics
     if self.model_name == 'popularity':
       # Same as next_event_loss on broadcast logits, without the [B, U, V] tensor.
       logits = self.model.apply({'params': params}, ())

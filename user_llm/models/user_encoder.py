@@ -438,3 +438,34 @@ def next_event_loss(logits: Mapping[str, Array], targets: Mapping[str, Array],
     metrics[f'loss_{f}'] = loss_f
     metrics[f'acc_{f}'] = (hit * w).sum() / jnp.maximum(w.sum(), 1.0)
   return total, metrics
+
+
+def future_item_loss(item_logits: Array, items: Array, mask: Array, last_k: int,
+                     horizon: int) -> Array:
+  """Cross-entropy of the item logits at each scored position against the items 2..H
+  events ahead (the next one is `next_event_loss`'s), averaged over real targets.
+
+  MovieLens users rate many movies in one sitting, so the exact order inside a session
+  is weak evidence; treating the next few items as extra targets of the same softmax
+  (one logsumexp per position) is a multi-positive next-item loss
+  (`config.model.future_targets`; ablation in benchmarks/stage1_results.md).
+
+  Args:
+    item_logits: [B, K, V] logits of the last K = `last_k` history positions.
+    items: int32 [B, U + 1] the window's item ids (history + target); 0 = pad.
+    mask: bool [B, U + 1] real events.
+    last_k: K; horizon: H >= 2, the furthest event ahead that is a target.
+
+  Returns:
+    scalar mean cross-entropy over the (position, offset) pairs whose target exists.
+  """
+  b, u1 = items.shape
+  pad = jnp.zeros((b, horizon), items.dtype)
+  ids = jnp.concatenate([items * mask, pad], axis=1)  # Past the window: pad, not a target.
+  # Position p of the history (0..U-1) predicts event p + j; keep the last K positions.
+  tgt = jnp.stack([ids[:, j:j + u1 - 1][:, -last_k:] for j in range(2, horizon + 1)], -1)
+  w = ((tgt > 0) & mask[:, :-1][:, -last_k:, None]).astype(jnp.float32)  # [B, K, H-1]
+  logits = item_logits.astype(jnp.float32)
+  # One logsumexp per position serves all H-1 targets (no [H-1, B, K, V] copy).
+  nll = jax.nn.logsumexp(logits, -1)[..., None] - jnp.take_along_axis(logits, tgt, -1)
+  return (nll * w).sum() / jnp.maximum(w.sum(), 1.0)
