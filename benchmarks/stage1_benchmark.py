@@ -34,17 +34,17 @@ from user_llm import stats
 
 ROWS = {  # row -> (label, config arg)
     'ar_early_seen': ('AR encoder, early fusion + seen-item bias (User-LLM, default config)',
-                      'model=ar,fusion=early,seen_bias=True,item_dropout=0.0'),
+                      'model=ar,fusion=early,seen_bias=True,item_dropout=0.0,future=1'),
     'ar_early_drop': ('AR encoder, early fusion + seen-item bias + item dropout 0.2',
-                      'model=ar,fusion=early,seen_bias=True,item_dropout=0.2'),
+                      'model=ar,fusion=early,seen_bias=True,item_dropout=0.2,future=1'),
     'ar_late_seen': ('AR encoder, late fusion + seen-item bias',
-                     'model=ar,fusion=late,seen_bias=True,item_dropout=0.0'),
+                     'model=ar,fusion=late,seen_bias=True,item_dropout=0.0,future=1'),
     # Without the head's seen-item bias (the default before 2026-12-01); stage 2's
     # benchmark rows read ar_early's seed-0 encoder.
     'ar_early': ('AR encoder, early fusion, no seen-item bias',
-                 'model=ar,fusion=early,seen_bias=False,item_dropout=0.0'),
+                 'model=ar,fusion=early,seen_bias=False,item_dropout=0.0,future=1'),
     'ar_late': ('AR encoder, late fusion, no seen-item bias',
-                'model=ar,fusion=late,seen_bias=False,item_dropout=0.0'),
+                'model=ar,fusion=late,seen_bias=False,item_dropout=0.0,future=1'),
     'dual': ('Dual Encoder', 'model=dual'),
     'bert4rec': ('Bert4Rec', 'model=bert4rec,seen_bias=False'),
     # The same bias on Bert4Rec's head (the items it reads unmasked): the fair comparison.

@@ -37,9 +37,11 @@ def test_config_builds_runlocal(path):
 def test_pretrain_variants_build():
   from configs import movielens_pretrain  # pylint: disable=g-import-not-at-top
   for arg in ('model=ar,fusion=late', 'model=dual', 'model=bert4rec', 'model=popularity',
-              'runlocal,synthetic,steps=3', 'protocol=multi_target', 'protocol=full_window'):
+              'runlocal,synthetic,steps=3', 'protocol=multi_target', 'protocol=full_window',
+              'future=5'):
     movielens_pretrain.get_config(arg)
   assert movielens_pretrain.get_config('protocol=multi_target').data.test_events == 5
+  assert movielens_pretrain.get_config('future=5').model.future_targets == 5
   with pytest.raises(ValueError, match='protocol'):
     movielens_pretrain.get_config('protocol=loo')
   with pytest.raises(ValueError, match='modle'):

@@ -109,6 +109,21 @@ def test_next_event_loss_exact():
   assert float(m['acc_item']) == 0.0
 
 
+def test_future_item_loss_matches_a_loop():
+  """Position p of the last K predicts events p+2..p+H that exist and are real."""
+  b, u, v, k, h = 2, 6, 11, 3, 3
+  rng = np.random.default_rng(0)
+  items = jnp.asarray(rng.integers(2, v, (b, u + 1)), jnp.int32)
+  mask = jnp.ones((b, u + 1), bool).at[1, 5].set(False)  # A pad target is skipped.
+  logits = jnp.asarray(rng.normal(size=(b, k, v)), jnp.float32)
+  logp = np.asarray(jax.nn.log_softmax(logits))
+  nll = [-logp[i, q, items[i, p + j]] for i in range(b) for q, p in enumerate(range(u - k, u))
+         for j in range(2, h + 1) if p + j <= u and mask[i, p + j]]
+  assert len(nll) == 5  # Row 0: 3 pairs inside the window; row 1: one of them is pad.
+  np.testing.assert_allclose(ue.future_item_loss(logits, items, mask, k, h), np.mean(nll),
+                             rtol=1e-6)
+
+
 def test_rank_metrics_exact():
   scores = jnp.asarray([[0., 0., 5., 4., 3., 9.],
                         [0., 0., 1., 2., 3., 4.]])
@@ -236,3 +251,18 @@ def test_item_dropout_hides_input_items_in_training_only():
   ht, _ = model.apply(params, feats, mask, train=True, rngs=rngs)
   hp, _ = plain.apply(params, feats, mask, train=True, rngs=rngs)
   assert not np.allclose(ht, hp)
+
+
+def test_future_targets_add_their_weighted_loss(tiny_config):
+  """config.model.future_targets = 3 adds future_weight x the 2..3-ahead loss."""
+  from user_llm import experiment  # pylint: disable=g-import-not-at-top
+  tiny_config.model.future_targets = 3
+  exp = experiment.build(tiny_config, None)
+  params = exp.init_params(jax.random.key(0))
+  batch = next(exp.train_dataset(0))
+  loss, m = exp.loss_fn(params, batch, jax.random.key(1))
+  tiny_config.model.future_targets = 1
+  base, m1 = experiment.build(tiny_config, None).loss_fn(params, batch, jax.random.key(1))
+  assert 'loss_future_item' not in m1 and float(m['loss_future_item']) > 0
+  np.testing.assert_allclose(loss, base + tiny_config.model.future_weight * m['loss_future_item'],
+                             rtol=1e-5)
