@@ -33,7 +33,11 @@ import numpy as np
 from user_llm import stats
 
 ROWS = {  # row -> (label, config arg)
-    'ar_early_seen': ('AR encoder, early fusion + seen-item bias (User-LLM, default config)',
+    # The default since session 10: seen-item bias + the items 1..5 events ahead as targets.
+    'ar_early_future': ('AR encoder, early fusion + seen-item bias + 5-event target horizon '
+                        '(User-LLM, default config)',
+                        'model=ar,fusion=early,seen_bias=True,item_dropout=0.0,future=5'),
+    'ar_early_seen': ('AR encoder, early fusion + seen-item bias (next event only)',
                       'model=ar,fusion=early,seen_bias=True,item_dropout=0.0,future=1'),
     'ar_early_drop': ('AR encoder, early fusion + seen-item bias + item dropout 0.2',
                       'model=ar,fusion=early,seen_bias=True,item_dropout=0.2,future=1'),
@@ -52,7 +56,8 @@ ROWS = {  # row -> (label, config arg)
     'popularity': ('Popularity', 'model=popularity'),
 }
 PROTOCOLS = ('standard', 'multi_target')
-BASE_ROWS = ('ar_early_seen', 'ar_early')  # Paired differences: the first row present.
+# Paired differences: against the first of these rows present.
+BASE_ROWS = ('ar_early_future', 'ar_early_seen', 'ar_early')
 HISTORY_LEN = 50  # config.data.history_len of the runs (events before a target).
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS_DIR = os.path.join(ROOT, 'benchmarks', 'stage1_runs')
