@@ -32,6 +32,9 @@ ROWS = {
     # so xattn_random_enc is its random counterpart too.
     'xattn_seen': ('mode=cross_attention,encoder=workdirs/stage1/standard/ar_early_seen_s0',
                    'cross-attention, Enc, stage-1 encoder with seen-item bias'),
+    # The stage-1 default since session 10 (seen-item bias + a 5-event target horizon).
+    'xattn_future': ('mode=cross_attention,encoder=workdirs/stage1/standard/ar_early_future_s0',
+                     'cross-attention, Enc, stage-1 encoder with seen-item bias + 5-event horizon'),
     'xattn_random_enc': ('mode=cross_attention,random_encoder', 'cross-attention, random encoder, Enc'),
     'text_prompt_zeroshot': ('mode=text_prompt,strategy=enc', 'text prompt, frozen Gemma (nothing to train)'),
     'soft': ('mode=soft_prompt', 'soft prompt, Enc'),
