@@ -10,7 +10,9 @@ On the same test windows and the same next-item candidates as benchmarks/stage2.
 
   python -m benchmarks.stage2_references --out benchmarks/stage2_references.md
   python -m benchmarks.stage2_references --workroot workdirs/stage2_bench_8k --examples 8000 \
-      --pairs xattn_seen:xattn_random_enc --out benchmarks/stage2_references_8k.md
+      --pairs xattn_seen:xattn_random_enc,xattn_future:xattn_random_enc,xattn_future:xattn_seen \
+      --encoders workdirs/stage1/standard/ar_early_seen_s0,workdirs/stage1/standard/ar_early_future_s0 \
+      --out benchmarks/stage2_references_8k.md
 """
 
 import itertools
@@ -176,9 +178,10 @@ def main(argv):
   for pair in _PAIRS.value:
     a, b = pair.split(':')
     lines += paired(a, b)
-  lines += coverage_table(exp, refs, ['xattn', 'xattn_seen', 'xattn_random_enc', 'xattn_proj',
-                                      'xattn_proj_random_enc', 'xattn_perceiver', 'soft',
-                                      'text_prompt_zeroshot', 'text_prompt_lora'])
+  # Rows of benchmarks/stage2.py (its flags clash with these, so not imported).
+  lines += coverage_table(exp, refs, ['xattn', 'xattn_seen', 'xattn_future', 'xattn_random_enc',
+                                      'xattn_proj', 'xattn_proj_random_enc', 'xattn_perceiver',
+                                      'soft', 'text_prompt_zeroshot', 'text_prompt_lora'])
   with open(_OUT.value, 'w') as f:
     f.write('\n'.join(lines) + '\n')
   print('\n'.join(lines))
