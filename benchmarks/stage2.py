@@ -209,12 +209,12 @@ def main(argv):
 
 
 def _extra() -> str:
-  """Below the table: benchmarks/stage2_throughput.md, stage2_references.md and
-  stage2_references_8k.md (their scripts write them) and the hand-written
-  stage2_findings.md."""
+  """Below the table: benchmarks/stage2_throughput.md, stage2_references.md,
+  stage2_references_8k.md and stage2_references_L200.md (their scripts write them) and
+  the hand-written stage2_findings.md."""
   out = ''
   for name in ('stage2_throughput.md', 'stage2_references.md', 'stage2_references_8k.md',
-               'stage2_findings.md'):
+               'stage2_references_L200.md', 'stage2_findings.md'):
     path = os.path.join(os.path.dirname(__file__), name)
     if os.path.exists(path):
       with open(path) as f:
