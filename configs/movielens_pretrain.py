@@ -10,6 +10,7 @@ Variants (arg string after ':', comma separated):
   item_dropout=P (AR: training-time share of input items read as OOV; default 0)
   future=H (AR: the items 1..H events ahead are targets of the item softmax; default 5,
     1 = the next event only)
+  ema=D (evaluate and export an exponential moving average of the params, decay D; 0 = off)
   protocol=standard|multi_target|full_window (docs/stage1.md)
   synthetic (toy data, no files needed), steps=N
   path=DIR, reviews_file=FILE, meta_file=FILE (the data files; or --config.data.path=...)
@@ -44,7 +45,7 @@ def set_protocol(c: ml_collections.ConfigDict, name: str) -> None:
 def get_config(arg: str | None = None, dataset: str = 'movielens') -> ml_collections.ConfigDict:
   """Returns the stage-1 config of `dataset`; see the module docstring for `arg`."""
   a = common.parse_arg(arg, model='ar', fusion='early', protocol='standard', runlocal=False,
-                       synthetic=False, steps=0, seen_bias=True, item_dropout=0.0, future=5,
+                       synthetic=False, steps=0, seen_bias=True, item_dropout=0.0, future=5, ema=0.0,
                        **common.DATA_FILE_ARGS)
   c = ml_collections.ConfigDict()
   c.experiment = 'user_llm.pretrain:PretrainExperiment'  # user_llm/experiment.py
@@ -118,6 +119,9 @@ def get_config(arg: str | None = None, dataset: str = 'movielens') -> ml_collect
   c.train.min_lr_ratio = 0.1  # Final lr = lr * min_lr_ratio.
   c.train.weight_decay = 0.01  # AdamW decoupled decay (matrices only).
   c.train.grad_clip = 1.0  # Global-norm gradient clipping.
+  # > 0: keep an exponential moving average of the params (decay warmed up as
+  # min(d, (1 + step) / (10 + step))), evaluated and exported instead of the params.
+  c.train.ema_decay = a.ema
   c.train.b1 = 0.9  # Adam beta1.
   c.train.b2 = 0.98  # Adam beta2.
   c.train.freeze = []  # Param-path regexes (or (regex, None|'adamw') pairs) to freeze.

@@ -138,7 +138,10 @@ def _state_dir(path: str, step: int | None = None) -> str:
 
 def load_params(path: str, subtree: str | None = None, target: Any = None,
                 step: int | None = None) -> Any:
-  """Loads `params` (or the `params/<subtree>` subtree, '/'-separated) of a checkpoint.
+  """Loads the params (or their `<subtree>`, '/'-separated) a checkpoint evaluates with.
+
+  A run that keeps an exponential moving average (`config.train.ema_decay`) evaluates
+  and exports `ema_params`; it is loaded in place of `params` then.
 
   Args:
     path: another run's workdir, its `checkpoints/` dir, a step dir or a `state` dir.
@@ -151,9 +154,10 @@ def load_params(path: str, subtree: str | None = None, target: Any = None,
     The parameter (sub)tree.
   """
   state_dir = _state_dir(path, step)
-  keys = ['params'] + (subtree.split('/') if subtree else [])
   ckptr = ocp.PyTreeCheckpointer()
   meta = ckptr.metadata(state_dir).item_metadata.tree
+  keys = ['ema_params' if 'ema_params' in meta else 'params'] + (
+      subtree.split('/') if subtree else [])
   for k in keys:
     meta = meta[k]
   if target is None:

@@ -5,7 +5,9 @@
 (through `jax.eval_shape`, never materialised on one device), resumes (existing run
 -> init checkpoint -> scratch), and loops over the pure, jitted `train_step`.
 
-Train state: a dict `{'step': int32[], 'params': ..., 'opt_state': ...}`.
+Train state: a dict `{'step': int32[], 'params': ..., 'opt_state': ...}`, plus
+`'ema_params'` (an exponential moving average of the params, the weights the run
+evaluates and exports) when `config.train.ema_decay` > 0.
 """
 
 from collections.abc import Callable, Mapping
@@ -31,13 +33,32 @@ from user_llm import sharding
 PyTree = Any
 
 
+def ema_update(ema: PyTree, params: PyTree, step: jax.Array, decay: float) -> PyTree:
+  """ema <- d * ema + (1 - d) * params, d = min(decay, (1 + step) / (10 + step)).
+
+  The warm-up of d (TensorFlow's ExponentialMovingAverage with num_updates) keeps the
+  average from remembering the random init: d is 0.1 at step 0 and reaches 0.999 after
+  ~9,000 steps.
+  """
+  step = step.astype(jnp.float32)
+  d = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+  return jax.tree.map(lambda e, p: (d * e + (1.0 - d) * p).astype(e.dtype), ema, params)
+
+
+def eval_params(state: PyTree) -> PyTree:
+  """The weights a run evaluates and exports: the EMA when it keeps one."""
+  return state.get('ema_params', state['params'])
+
+
 def train_step(state: PyTree, batch: Mapping[str, jax.Array], rng: jax.Array, *,
                loss_fn, tx: optax.GradientTransformation,
-               frozen: PyTree | None = None) -> tuple[PyTree, dict[str, jax.Array]]:
+               frozen: PyTree | None = None,
+               ema_decay: float = 0.0) -> tuple[PyTree, dict[str, jax.Array]]:
   """One optimisation step; pure. The rng is folded with the step for reproducibility.
 
   `frozen` (a tree of Python bools like the params) stops gradients at frozen leaves,
   so their weight gradients (e.g. a frozen Gemma's) are never computed or stored.
+  `ema_decay` > 0 updates `state['ema_params']` (`ema_update`).
   """
   step_rng = jax.random.fold_in(rng, state['step'])
 
@@ -50,7 +71,10 @@ def train_step(state: PyTree, batch: Mapping[str, jax.Array], rng: jax.Array, *,
   updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
   params = optax.apply_updates(state['params'], updates)
   metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
-  return {'step': state['step'] + 1, 'params': params, 'opt_state': opt_state}, metrics
+  new = {'step': state['step'] + 1, 'params': params, 'opt_state': opt_state}
+  if 'ema_params' in state:
+    new['ema_params'] = ema_update(state['ema_params'], params, state['step'], ema_decay)
+  return new, metrics
 
 
 def step_flops(compiled) -> float:
@@ -87,7 +111,10 @@ def create_train_state(config, mesh, exp: experiment_lib.Experiment,
   tx = optim.make(config.train, abstract_params, exp.freeze_rules)
 
   def init_state(params):
-    return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init(params)}
+    state = {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init(params)}
+    if config.train.get('ema_decay', 0.0) > 0:  # A copy: donation must not alias it.
+      state['ema_params'] = jax.tree.map(jnp.copy, params)
+    return state
 
   abstract_state = jax.eval_shape(init_state, abstract_params)
   state_sh = sharding.tree_shardings(abstract_state, exp.sharding_rules, mesh)
@@ -126,7 +153,8 @@ def make_train_step(exp: experiment_lib.Experiment, tx, state_sh, batch_sh, mesh
     frozen = None
   def step(state, batch, rng):
     with sharding.activations_on(mesh):  # Trace time: pins activations to the batch axes.
-      return train_step(state, batch, rng, loss_fn=loss_fn, tx=tx, frozen=frozen)
+      return train_step(state, batch, rng, loss_fn=loss_fn, tx=tx, frozen=frozen,
+                        ema_decay=float(exp.config.train.get('ema_decay', 0.0)))
 
   return jax.jit(step, in_shardings=(state_sh, batch_sh, rep), out_shardings=(state_sh, rep),
                  donate_argnums=(0,))
@@ -257,14 +285,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         ckpt.save(step, state, data_iter)
       if evaluates and ((tc.eval_every > 0 and step % tc.eval_every == 0) or is_last):
         t_eval = time.time()
-        eval_metrics = exp.evaluate(state['params'], step)
+        eval_metrics = exp.evaluate(eval_params(state), step)
         eval_wall += time.time() - t_eval
         writer.write(step, 'eval', eval_metrics)
       if is_last:
         break
     train_wall = time.time() - t_train - eval_wall  # Compilation included.
     if evaluates and not eval_metrics:  # Resumed a finished run: evaluate its final state.
-      eval_metrics = exp.evaluate(state['params'], step)
+      eval_metrics = exp.evaluate(eval_params(state), step)
   except FloatingPointError as e:  # No non-finite state is ever saved: name the kept one.
     ckpt.wait()
     kept = ckpt.latest_step()

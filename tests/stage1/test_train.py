@@ -107,3 +107,32 @@ def test_kill9_resume_is_bit_exact(tmp_path):
   a = checkpointing.load_params(str(killed))
   b = checkpointing.load_params(str(clean))
   assert _tree_equal(a, b)
+
+
+def test_ema_update_numerics():
+  ema, params = {'w': np.zeros(3, np.float32)}, {'w': np.ones(3, np.float32)}
+  # Warm-up: d = min(decay, (1 + step) / (10 + step)) = 0.1 at step 0.
+  out = train.ema_update(ema, params, jax.numpy.asarray(0), 0.999)
+  np.testing.assert_allclose(out['w'], 0.9)
+  # Late in training d = decay.
+  out = train.ema_update(ema, params, jax.numpy.asarray(10**6), 0.99)
+  np.testing.assert_allclose(out['w'], 0.01, rtol=1e-5)
+
+
+def test_ema_is_what_a_run_evaluates_and_exports(tiny_config, tmp_path):
+  c = tiny_config
+  c.train.num_steps = 4
+  c.train.ema_decay = 0.9
+  run = str(tmp_path / 'run')
+  train.train_and_evaluate(c, run)
+  state_dir = os.path.join(run, 'checkpoints', '4', 'state')
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  state = ocp.PyTreeCheckpointer().restore(state_dir)
+  exported = checkpointing.load_params(run)
+  assert _tree_equal(exported, state['ema_params'])
+  assert not _tree_equal(exported, state['params'])
+  # Resuming keeps the average (a checkpointed part of the state).
+  c.train.num_steps = 5
+  train.train_and_evaluate(c, run)
+  with open(os.path.join(run, 'results.json')) as f:
+    assert json.load(f)['resumed'] == 'resumed@4'
