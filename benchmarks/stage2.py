@@ -57,6 +57,9 @@ _EVAL_BATCHES = flags.DEFINE_integer('eval_batches', -1, 'Test batches of 4 user
 _BUDGET_ROW = flags.DEFINE_string('budget_row', 'xattn', 'Row whose training FLOPs the LoRA row gets.')
 _CANDIDATES = flags.DEFINE_integer('num_candidates', 20, 'Next-item candidates.')
 _HISTORY_LEN = flags.DEFINE_integer('history_len', 50, 'History events before a target.')
+_LORA_STEPS = flags.DEFINE_integer(
+    'lora_steps', 0, 'Schedule length of the equal-compute text + LoRA row (its budget ends '
+    'it); 0 = estimated from the prompt length.')
 _WORKROOT = flags.DEFINE_string('workroot', 'workdirs/stage2_bench', 'Per-row workdirs.')
 _JSONL = flags.DEFINE_string('jsonl', 'benchmarks/stage2_results.jsonl', 'Row results.')
 _OUT = flags.DEFINE_string('out', 'benchmarks/stage2_results.md', 'Markdown table.')
@@ -77,8 +80,10 @@ def run_row(name: str) -> dict:
     budget = _budget_gflop()
     cfg.train.flop_budget = budget * 1e9
     # Estimated steps for the schedule (~1.2x the text prompt's tokens per example
-    # relative to the user-embedding rows); the budget ends the run.
-    steps = max(10, int(steps * 32 / (24 * _HISTORY_LEN.value + 64) * 1.5))
+    # relative to the user-embedding rows); the budget ends the run. --lora_steps sets
+    # it instead (budget / a measured step's GFLOP): at 200 events the estimate gave 19
+    # steps where the budget buys 72 (1,672 GFLOP per batch-2 step with remat).
+    steps = _LORA_STEPS.value or max(10, int(steps * 32 / (24 * _HISTORY_LEN.value + 64) * 1.5))
   cfg.train.num_steps = steps if 'zeroshot' not in name else 0
   cfg.train.batch_size = _BATCH.value
   cfg.train.warmup = max(1, steps // 10)
@@ -193,7 +198,8 @@ def main(argv):
   for name in _ROWS.value:
     cmd = [sys.executable, '-m', 'benchmarks.stage2', f'--one_row={name}'] + [
         f'--{f.name}={f.value}' for f in (_EXAMPLES, _BATCH, _EVAL_BATCHES, _CANDIDATES,
-                                          _HISTORY_LEN, _WORKROOT, _JSONL, _BUDGET_ROW)]
+                                          _HISTORY_LEN, _WORKROOT, _JSONL, _BUDGET_ROW,
+                                          _LORA_STEPS)]
     print(f'== {name}: {" ".join(cmd)}', flush=True)
     # The row's log (steps/s, ETA, eval) streams to this stderr.
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)

@@ -104,6 +104,9 @@ def get_config(arg: str | None = None, dataset: str = 'movielens') -> ml_collect
   c.llm.cache_dir = common.gemma_cache_dir()  # One-time GGUF conversion lives here.
   # Frozen decoder in bf16 (memory); trained decoder (full) in float32 for AdamW.
   c.llm.param_dtype = 'float32' if a.strategy == 'full' else 'bfloat16'
+  # Every decoder layer under nn.remat (the backward recomputes it layer by layer): what
+  # lets text prompts of 200 events train on 24 GB (GemmaDecoder.remat_blocks).
+  c.llm.remat_blocks = a.mode == 'text_prompt' and a.history_len > 50
 
   c.userllm = ml_collections.ConfigDict()
   c.userllm.mode = a.mode  # 'cross_attention' | 'soft_prompt' | 'text_prompt'.

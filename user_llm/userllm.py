@@ -125,7 +125,8 @@ class UserLLMExperiment(experiment_lib.Experiment):
         self.decoder_config, enc, mode=self.mode,
         xattn_layers=xattn_layers(uc, self.decoder_config.num_layers),
         num_latents=uc.num_latents, perceiver_depth=uc.perceiver_depth,
-        lora_rank=uc.lora_rank if uc.strategy == 'lora' else 0)
+        lora_rank=uc.lora_rank if uc.strategy == 'lora' else 0,
+        remat_blocks=config.llm.get('remat_blocks', False))
     self.length = config.data.max_prompt_tokens + config.data.max_answer_tokens
     return self
 

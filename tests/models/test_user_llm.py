@@ -154,3 +154,25 @@ def test_bf16_decoder_with_float32_lora_generates():
   out = decoding.generate(model, params, decoding.left_pad([[2, 5], [2]]), user,
                           max_new_tokens=2, stop_tokens=())
   assert out.shape == (2, 2)
+
+
+@pytest.mark.parametrize('lora_rank', [0, 2])
+def test_remat_blocks_same_tree_logits_and_grads(lora_rank):
+  """Per-layer remat (long text prompts) changes memory only: params, values, grads."""
+  plain = _model('text_prompt', lora_rank=lora_rank)
+  remat = ul.UserLLM(testing.tiny_gemma_config(), None, mode='text_prompt',
+                     lora_rank=lora_rank, remat_blocks=True)
+  params = _init(plain)
+  # LoRA 'b' starts at 0: move it so the adapters' gradients are not trivially equal.
+  params = jax.tree.map(lambda x: x + 0.01, params)
+  assert jax.tree.structure(jax.eval_shape(lambda: _init(remat))) == jax.tree.structure(params)
+  feats, mask = _user()
+
+  def loss(p, model):
+    out = model.apply({'params': p}, feats, mask, TOKENS, method='forward').logits
+    return jnp.mean(jax.nn.logsumexp(out, -1))
+
+  want, want_g = jax.value_and_grad(loss)(params, plain)
+  got, got_g = jax.value_and_grad(loss)(params, remat)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got_g, want_g)

@@ -94,16 +94,23 @@ class GemmaDecoder(nn.Module):
     gm_layers: run gm's einsums, gm's attention and the `jnp.einsum` unembedding with a
       cache too: the path before `weight_einsum` and `cached_attention`, kept as the
       reference benchmarks and tests compare against (slower per decode step on XLA:CPU).
+    remat_blocks: each layer under `nn.remat`: the backward pass keeps only the layer
+      inputs and recomputes the rest one layer at a time. Needed to train on long text
+      prompts: a 200-event prompt (~4.9k tokens) at batch 2 asked XLA:CPU for 51 GB
+      without it, attention probabilities [B, N, L, L] of every layer held at once.
+      Same params, same values; costs one more forward of the decoder.
   """
 
   config: gm.nn.config.TransformerConfig
   gm_layers: bool = False
+  remat_blocks: bool = False
 
   def setup(self):
     cfg = self.config
     self.embedder = gm.nn.Embedder(vocab_size=cfg.num_embed, embed_dim=cfg.embed_dim)
+    block_cls = nn.remat(gm.nn.Block) if self.remat_blocks else gm.nn.Block
     self.blocks = [
-        gm.nn.Block(
+        block_cls(
             name=f'layer_{i}',
             num_heads=cfg.num_heads,
             num_kv_heads=cfg.num_kv_heads,

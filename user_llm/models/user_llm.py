@@ -49,6 +49,7 @@ class UserLLM(nn.Module):
     num_latents: Perceiver latents R; 0 = no Perceiver.
     perceiver_depth: Perceiver layers.
     lora_rank: >0 wraps the decoder in `gm.nn.LoRA` (strategy LoRA).
+    remat_blocks: every decoder layer under `nn.remat` (`GemmaDecoder.remat_blocks`).
   """
 
   decoder_config: gm.nn.config.TransformerConfig
@@ -58,12 +59,13 @@ class UserLLM(nn.Module):
   num_latents: int = 0
   perceiver_depth: int = 2
   lora_rank: int = 0
+  remat_blocks: bool = False
 
   def setup(self):
     if self.mode not in MODES:
       raise ValueError(f'Unknown User-LLM mode {self.mode!r}; expected one of {MODES}')
     cfg = self.decoder_config
-    decoder = gemma_lib.GemmaDecoder(cfg)
+    decoder = gemma_lib.GemmaDecoder(cfg, remat_blocks=self.remat_blocks)
     if self.lora_rank:
       decoder = gm.nn.LoRA(rank=self.lora_rank, model=decoder, dtype=jnp.float32)
     self.decoder = decoder
