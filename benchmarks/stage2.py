@@ -81,8 +81,8 @@ def run_row(name: str) -> dict:
     cfg.train.flop_budget = budget * 1e9
     # Estimated steps for the schedule (~1.2x the text prompt's tokens per example
     # relative to the user-embedding rows); the budget ends the run. --lora_steps sets
-    # it instead (budget / a measured step's GFLOP): at 200 events the estimate gave 19
-    # steps where the budget buys 72 (1,672 GFLOP per batch-2 step with remat).
+    # it instead (budget / a measured step's GFLOP): at 200 events a batch-2 step costs
+    # 16,726 GFLOP with remat, so the cross-attention row's budget buys 7 steps, not 19.
     steps = _LORA_STEPS.value or max(10, int(steps * 32 / (24 * _HISTORY_LEN.value + 64) * 1.5))
   cfg.train.num_steps = steps if 'zeroshot' not in name else 0
   cfg.train.batch_size = _BATCH.value
