@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from user_llm.models import cached_attention
 from user_llm.models import gemma as gemma_lib
 
 _PREFIX_KEYS = ('prefix', 'prefix_mask')
@@ -125,11 +126,15 @@ def prefill(model: nn.Module, params: Any, prompts: jax.Array,
                                cache_dtype or gemma_lib.compute_dtype(params))
   positions = gemma_lib.positions_from_mask(input_mask)
   mask = gemma_lib.prefix_lm_mask(input_mask, 0 if prefix is None else prefix.shape[1])
-  out = model.apply(
-      {'params': params}, prompts, input_mask=prompts != 0, prefix=prefix,
-      prefix_mask=prefix_mask, positions=positions,
-      attention_mask=jnp.pad(mask, ((0, 0), (0, 0), (0, extra_len))),
-      cache=cache, last_only=True, **user)
+  # A left-padded causal prompt into an empty cache: local layers may read only their
+  # window's band of slots (cached_attention.contiguous_prompt); a soft prompt is
+  # bidirectional and its padding gap breaks the slot = position-offset rule.
+  with cached_attention.contiguous_prompt(prefix is None):
+    out = model.apply(
+        {'params': params}, prompts, input_mask=prompts != 0, prefix=prefix,
+        prefix_mask=prefix_mask, positions=positions,
+        attention_mask=jnp.pad(mask, ((0, 0), (0, 0), (0, extra_len))),
+        cache=cache, last_only=True, **user)
   return UserContext(user=user, cache=out.cache, logits=out.logits, input_mask=input_mask,
                      last_pos=positions[:, -1])
 

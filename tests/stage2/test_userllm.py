@@ -162,3 +162,22 @@ def test_trimmed_batch_has_the_same_loss(tiny_movielens, tmp_path, stage1_workdi
     (l1, m1), (l2, m2) = exp.loss_fn(params, full, rng), exp.loss_fn(params, cut, rng)
     np.testing.assert_allclose(l1, l2, rtol=1e-5)
     np.testing.assert_allclose(m1['token_accuracy'], m2['token_accuracy'])
+
+
+def test_lora_adapters_are_evaluated_in_the_decoder_dtype(tiny_movielens, tmp_path, stage1_workdir):
+  """float32 adapters would turn a bf16 Gemma's projections and KV cache float32."""
+  from gemma import peft
+  from user_llm.models import gemma as gemma_lib
+  cfg = _config(tiny_movielens, tmp_path, stage1_workdir, 'mode=text_prompt,strategy=lora')
+  cfg.llm.param_dtype = 'bfloat16'
+  exp = _exp(cfg)
+  params = exp.init_params(jax.random.PRNGKey(0))
+  assert gemma_lib.compute_dtype(params['decoder']) == jnp.float32  # Training: promoted.
+  got = exp.inference_params(params)
+  base, lora = peft.split_params(got['decoder'])
+  assert lora and {x.dtype for x in jax.tree.leaves(lora)} == {jnp.dtype(jnp.bfloat16)}
+  assert gemma_lib.compute_dtype(got['decoder']) == jnp.bfloat16
+  assert jax.tree.all(jax.tree.map(lambda a, b: a is b, base,
+                                   peft.split_params(params['decoder']).original))
+  exp.config.eval.lora_in_param_dtype = False
+  assert exp.inference_params(params) is params

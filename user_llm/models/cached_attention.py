@@ -21,6 +21,7 @@ kv head, H head dim, D width.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Iterator
 
 import flax.linen as nn
@@ -28,6 +29,71 @@ from gemma.gm.math import _positional_embeddings
 from gemma.gm.nn import _modules
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+# Set by `contiguous_prompt` (at trace time): the cached call is a prefill from slot 0 of
+# a causal prompt whose real tokens are contiguous, so local layers may be banded.
+_CONTIGUOUS = contextvars.ContextVar('contiguous_prompt', default=False)
+
+
+def _attend(module: _modules.Attention, query: jax.Array, key: jax.Array,
+            value: jax.Array, mask: jax.Array) -> jax.Array:
+  """float[B, T, N, H]: softmax(q k / soft cap, masked) v for q [B, T, N, H], k and v
+  [B, S, K, H], mask bool[B, T, S] (gm's arithmetic, grouped-query heads included)."""
+  b, t, n, h = query.shape
+  k = module.num_kv_heads
+  if module.use_gqa:
+    logits = jnp.einsum('BTKGH,BSKH->BTKGS', query.reshape(b, t, k, n // k, h), key)
+    logits = logits.reshape(b, t, n, -1)
+  else:
+    logits = jnp.einsum('BTNH,BSNH->BTNS', query, key)
+  if module.attn_logits_soft_cap is not None:
+    logits = jnp.tanh(logits / module.attn_logits_soft_cap) * module.attn_logits_soft_cap
+  logits = jnp.where(jnp.expand_dims(mask, -2), logits, _modules.K_MASK)
+  probs = module.attention_weights(jax.nn.softmax(logits, axis=-1).astype(key.dtype))
+  if module.use_gqa:
+    encoded = jnp.einsum('BTKGS,BSKH->BTKGH', probs.reshape(b, t, k, n // k, -1), value)
+    return encoded.reshape(b, t, n, h)
+  return jnp.einsum('BTNS,BSNH->BTNH', probs, value)
+
+
+def _banded_local(module: _modules.Attention, query: jax.Array, key: jax.Array,
+                  value: jax.Array, q_pos: jax.Array, k_pos: jax.Array,
+                  attn_mask: jax.Array) -> jax.Array:
+  """Sliding-window attention of a prefill, reading 2W slots per query instead of S.
+
+  Queries go in blocks of W (the window); block i reads slots [(i-1)W, (i+1)W), which
+  hold every key its window can see when the prompt starts at slot 0 and is causal with
+  its real tokens contiguous (`contiguous_prompt`). Exact: the same keys, mask and
+  softmax as the dense path, without the (S - 2W) masked columns per query, which at a
+  4.5k-token prompt were ~70% of a local layer's attention FLOPs.
+
+  Shapes: query [B, T, N, H]; key, value [B, S, K, H]; q_pos int[B, T]; k_pos int[B, S];
+  attn_mask bool[B, T, S]. Returns float[B, T, N, H].
+  """
+  w = module.sliding_window_size
+  b, t, n, h = query.shape
+  nb = -(-t // w)
+  cols = (nb + 1) * w  # W empty slots in front: slot s is column s + W.
+
+  def to_cols(x, axis):
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (w, max(0, cols - w - x.shape[axis]))
+    return jax.lax.slice_in_dim(jnp.pad(x, pad), 0, cols, axis=axis)
+
+  band = np.arange(nb)[:, None] * w + np.arange(2 * w)[None]  # [nb, 2W] columns.
+  kb = jnp.take(to_cols(key, 1), band, axis=1)  # [B, nb, 2W, K, H]
+  vb = jnp.take(to_cols(value, 1), band, axis=1)
+  kpos = jnp.take(to_cols(k_pos, 1), band, axis=1)  # [B, nb, 2W]
+  rows = lambda x: jnp.pad(x, [(0, 0), (0, nb * w - t)] + [(0, 0)] * (x.ndim - 2))
+  qb = rows(query).reshape(b, nb, w, n, h)
+  qpos = rows(q_pos).reshape(b, nb, w)
+  mask = rows(to_cols(attn_mask, 2)).reshape(b, nb, w, cols)
+  mask = jnp.take_along_axis(mask, jnp.asarray(band)[None, :, None, :], axis=3)
+  sliding = (kpos[:, :, None, :] > qpos[..., None] - w) & (kpos[:, :, None, :] < qpos[..., None] + w)
+  merge = lambda x: x.reshape((b * nb,) + x.shape[2:])
+  out = _attend(module, merge(qb), merge(kb), merge(vb), merge(mask & sliding))
+  return out.reshape(b, nb * w, n, h)[:, :t]
 
 
 def _attention(module: _modules.Attention, x: jax.Array, segment_pos: jax.Array,
@@ -51,27 +117,17 @@ def _attention(module: _modules.Attention, x: jax.Array, segment_pos: jax.Array,
   positions = jax.lax.dynamic_update_slice(cache['positions'], segment_pos, (0, start))
   key, value = jax.lax.optimization_barrier((key, value))  # The fix (module docstring).
 
-  b, t, n, h = query.shape
-  k = module.num_kv_heads
-  if module.use_gqa:
-    logits = jnp.einsum('BTKGH,BSKH->BTKGS', query.reshape(b, t, k, n // k, h), key)
-    logits = logits.reshape(b, t, n, -1)
+  window = module.sliding_window_size
+  if (module.attn_type == _modules.AttentionType.LOCAL_SLIDING and _CONTIGUOUS.get()
+      and query.shape[1] >= 2 * window):
+    encoded = _banded_local(module, query, key, value, segment_pos, positions, attn_mask)
   else:
-    logits = jnp.einsum('BTNH,BSNH->BTNS', query, key)
-  if module.attn_logits_soft_cap is not None:
-    logits = jnp.tanh(logits / module.attn_logits_soft_cap) * module.attn_logits_soft_cap
-  if module.attn_type == _modules.AttentionType.LOCAL_SLIDING:
-    attn_mask = attn_mask * _modules.create_sliding_mask(
-        segment_pos, cache_positions=positions, sliding_window_size=module.sliding_window_size)
-  logits = jnp.where(jnp.expand_dims(attn_mask, -2), logits, _modules.K_MASK)
-  probs = module.attention_weights(jax.nn.softmax(logits, axis=-1).astype(key.dtype))
-  if module.use_gqa:
-    encoded = jnp.einsum('BTKGS,BSKH->BTKGH', probs.reshape(b, t, k, n // k, -1), value)
-    encoded = encoded.reshape(b, t, n, h)
-  else:
-    encoded = jnp.einsum('BTNS,BSNH->BTNH', probs, value)
+    if module.attn_type == _modules.AttentionType.LOCAL_SLIDING:
+      attn_mask = attn_mask * _modules.create_sliding_mask(
+          segment_pos, cache_positions=positions, sliding_window_size=window)
+    encoded = _attend(module, query, key, value, attn_mask)
   out = module.attn_vec_einsum('BTNH,NHD->BTD', encoded)
-  new_cache = {'v': value, 'k': key, 'end_index': cache['end_index'] + t, 'positions': positions}
+  new_cache = {'v': value, 'k': key, 'end_index': cache['end_index'] + query.shape[1], 'positions': positions}
   return new_cache, out
 
 
@@ -88,3 +144,18 @@ def intercept_cached_attention() -> Iterator[None]:
   """Inside, `gm.nn.Attention` calls with a cache run `_attention`."""
   with nn.intercept_methods(_interceptor):
     yield
+
+
+@contextlib.contextmanager
+def contiguous_prompt(enabled: bool = True) -> Iterator[None]:
+  """Inside (while tracing), cached local-attention layers with T >= 2W run banded.
+
+  Only for a prefill into an empty cache of a causal, left-padded prompt (no soft
+  prompt before a padding gap): then every key a query's window sees lies within W
+  slots of it, which `_banded_local` relies on.
+  """
+  token = _CONTIGUOUS.set(enabled)
+  try:
+    yield
+  finally:
+    _CONTIGUOUS.reset(token)
