@@ -15,22 +15,16 @@ It writes benchmarks/decode_anatomy.md.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import os
 import statistics
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from benchmarks import efficiency_lib as lib
 from benchmarks import efficiency
-from user_llm import gemma_loader
 from user_llm.models import gemma as gemma_lib
 from user_llm.models import weight_einsum as we
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE_SLOTS = 32
 
 
@@ -66,9 +60,7 @@ def decode_step(decoder, logits: bool):
 
 
 def run(args) -> list[tuple]:
-  llm = ml_collections.ConfigDict(dict(model='Gemma3_270M', checkpoint='', tokenizer='',
-                                       cache_dir=args.cache_dir, param_dtype='float32'))
-  config, params, _ = gemma_loader.load_gemma(llm)
+  config, params, _ = lib.load_gemma_270m(args.cache_dir)
   table = params['embedder']['input_embedding']
   rows = []  # (what, ms, GFLOP, weight MB read per call)
   for n in args.layers:
@@ -112,18 +104,11 @@ def report(rows, args) -> str:
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--cache_dir', default=gemma_loader.DEFAULT_CACHE_DIR,
-                 help='converted Gemma (launch/convert_gemma.py)')
+  p = lib.gemma_parser(__doc__, 'decode_anatomy.md')
   p.add_argument('--runs', type=int, default=7)
-  p.add_argument('--layers', type=lambda s: [int(x) for x in s.split(',')],
-                 default=[1, 2, 6, 18])
-  p.add_argument('--out', default=os.path.join(ROOT, 'benchmarks', 'decode_anatomy.md'))
+  p.add_argument('--layers', type=lib.int_list, default=[1, 2, 6, 18])
   args = p.parse_args(argv)
-  text = report(run(args), args)
-  with open(args.out, 'w') as f:
-    f.write(text)
-  print(text)
+  lib.write_md(args.out, report(run(args), args))
 
 
 if __name__ == '__main__':

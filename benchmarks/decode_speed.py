@@ -27,20 +27,18 @@ It writes benchmarks/decode_speed.md.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from benchmarks import decode_anatomy
 from benchmarks import efficiency
+from benchmarks import efficiency_lib as lib
 from user_llm import decoding
-from user_llm import gemma_loader
 from user_llm.models import gemma as gemma_lib
 from user_llm.models import weight_einsum as we
 
@@ -122,9 +120,7 @@ def quality(made: dict, tok) -> dict[str, dict]:
 
 def run(args) -> tuple[dict, dict, dict]:
   args.load = os.getloadavg()  # Before this process adds its own threads.
-  llm = ml_collections.ConfigDict(dict(model='Gemma3_270M', checkpoint='', tokenizer='',
-                                       cache_dir=args.cache_dir, param_dtype='float32'))
-  config, params, tok = gemma_loader.load_gemma(llm)
+  config, params, tok = lib.load_gemma_270m(args.cache_dir)
   made = variants(config, params, args.variants)
   runs_of = {}
   for batch in args.batches:
@@ -174,19 +170,13 @@ def report(timing: dict, sizes: dict, qual: dict, args) -> str:
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--cache_dir', default=gemma_loader.DEFAULT_CACHE_DIR,
-                 help='converted Gemma (launch/convert_gemma.py)')
+  p = lib.gemma_parser(__doc__, 'decode_speed.md')
   p.add_argument('--runs', type=int, default=5)
   p.add_argument('--new_tokens', type=int, default=32)
-  p.add_argument('--batches', type=lambda s: [int(x) for x in s.split(',')], default=[1, 8])
+  p.add_argument('--batches', type=lib.int_list, default=[1, 8])
   p.add_argument('--variants', type=lambda s: s.split(','), default=list(VARIANTS))
-  p.add_argument('--out', default=os.path.join(ROOT, 'benchmarks', 'decode_speed.md'))
   args = p.parse_args(argv)
-  text = report(*run(args), args)
-  with open(args.out, 'w') as f:
-    f.write(text)
-  print(text)
+  lib.write_md(args.out, report(*run(args), args))
 
 
 if __name__ == '__main__':

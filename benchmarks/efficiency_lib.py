@@ -22,7 +22,9 @@ S cache length, T new tokens.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import os
 import statistics
 import time
 from typing import Any, Callable
@@ -299,3 +301,38 @@ def measure_cell(model: ul.UserLLM, params, feats, mask, prompt: np.ndarray,
     out['cached_query'] = measure(cached_query_fn(model), (params, q, qcache, user_kw), timer,
                                   key=(model, 'cached_query'))
   return out
+
+
+# ------------------------------------------------- shared by the Gemma micro-benchmarks
+
+
+def int_list(text: str) -> list[int]:
+  """'1,8' -> [1, 8] (an argparse type)."""
+  return [int(x) for x in text.split(',')]
+
+
+def gemma_parser(doc: str, out_md: str) -> argparse.ArgumentParser:
+  """A parser with `--cache_dir` (the converted Gemma) and `--out` (benchmarks/`out_md`)."""
+  from user_llm import gemma_loader  # pylint: disable=g-import-not-at-top
+  p = argparse.ArgumentParser(description=doc.split('\n')[0])
+  p.add_argument('--cache_dir', default=gemma_loader.DEFAULT_CACHE_DIR,
+                 help='converted Gemma (launch/convert_gemma.py)')
+  p.add_argument('--out', default=os.path.join(
+      os.path.dirname(os.path.abspath(__file__)), out_md))
+  return p
+
+
+def load_gemma_270m(cache_dir: str, dtype: str = 'float32'):
+  """(decoder config, params, tokenizer) of the real Gemma 3 270M in `dtype`."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from user_llm import gemma_loader  # pylint: disable=g-import-not-at-top
+  return gemma_loader.load_gemma(ml_collections.ConfigDict(dict(
+      model='Gemma3_270M', checkpoint='', tokenizer='', cache_dir=cache_dir,
+      param_dtype=dtype)))
+
+
+def write_md(path: str, text: str) -> None:
+  """Writes a benchmark's markdown report and prints it."""
+  with open(path, 'w') as f:
+    f.write(text)
+  print(text)

@@ -15,24 +15,19 @@ difference of their last logits. It writes benchmarks/prefill_banded.md.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import os
 import statistics
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from benchmarks import efficiency
 from benchmarks import efficiency_lib as lib
 from user_llm import decoding
-from user_llm import gemma_loader
 from user_llm.models import cached_attention
 from user_llm.models import gemma as gemma_lib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXTRA = 24  # Free cache slots after the prompt: the next-item candidates' length.
 
 
@@ -59,9 +54,7 @@ def measure(decoder, params, prompts: np.ndarray, runs: int, banded: bool):
 
 
 def run(args) -> list[tuple]:
-  llm = ml_collections.ConfigDict(dict(model='Gemma3_270M', checkpoint='', tokenizer='',
-                                       cache_dir=args.cache_dir, param_dtype=args.dtype))
-  config, params, _ = gemma_loader.load_gemma(llm)
+  config, params, _ = lib.load_gemma_270m(args.cache_dir, args.dtype)
   decoder = gemma_lib.GemmaDecoder(config)
   rng = np.random.default_rng(0)
   rows = []
@@ -86,12 +79,13 @@ def report(rows, args) -> str:
   lines = [
       '# Long prefill: banded vs dense local attention (benchmarks/prefill_banded.py)', '',
       f'Command: `python -m benchmarks.prefill_banded --lengths '
-      f'{",".join(map(str, args.lengths))} --batch {args.batch} --runs {args.runs}` '
-      f'(pinned to one core: `taskset -c 0`). Machine: {efficiency.machine()}. Gemma 3 270M '
+      f'{",".join(map(str, args.lengths))} --batch {args.batch} --runs {args.runs}`. '
+      f'Machine: {efficiency.machine()}. Gemma 3 270M '
       f'weights in {args.dtype}, batch {args.batch} of left-padded prompts, '
       f'{EXTRA} free cache slots after them, last-position logits; both executables in one '
       f'process, median of {args.runs} calls after a warm-up. "max |d logit|": the '
-      'largest difference of the two last-position logits (scale: the largest |logit|).',
+      'largest difference of the two last-position logits (scale: the largest |logit|).'
+      + (f' {args.note}' if args.note else ''),
       '', '| prompt tokens | dense s | dense GFLOP | banded s | banded GFLOP | speed-up | '
       'dense GFLOP/s | banded GFLOP/s | max abs d logit (scale) |',
       '|---|---|---|---|---|---|---|---|---|']
@@ -102,20 +96,14 @@ def report(rows, args) -> str:
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--cache_dir', default=gemma_loader.DEFAULT_CACHE_DIR,
-                 help='converted Gemma (launch/convert_gemma.py)')
-  p.add_argument('--lengths', type=lambda s: [int(x) for x in s.split(',')],
-                 default=[1024, 2048, 4480])
+  p = lib.gemma_parser(__doc__, 'prefill_banded.md')
+  p.add_argument('--lengths', type=lib.int_list, default=[1024, 2048, 4480])
   p.add_argument('--batch', type=int, default=4)
   p.add_argument('--runs', type=int, default=2)
   p.add_argument('--dtype', default='bfloat16')
-  p.add_argument('--out', default=os.path.join(ROOT, 'benchmarks', 'prefill_banded.md'))
+  p.add_argument('--note', default='', help='a sentence added to the report (e.g. load)')
   args = p.parse_args(argv)
-  text = report(run(args), args)
-  with open(args.out, 'w') as f:
-    f.write(text)
-  print(text)
+  lib.write_md(args.out, report(run(args), args))
 
 
 if __name__ == '__main__':
