@@ -272,9 +272,9 @@ class UserLLMExperiment(experiment_lib.Experiment):
     """The params the evaluators read: LoRA adapters cast to the decoder's dtype.
 
     Why: float32 adapters on a bfloat16 Gemma promote every projection, and the KV
-    cache, to float32 (`gemma.compute_dtype`), and XLA:CPU multiplies float32 about
-    4x slower than bfloat16 here (a 200-event text-prompt evaluation batch: ~140 s
-    instead of ~35 s). Cast, the adapter product x @ A @ B is computed in bfloat16
+    cache, to float32 (`gemma.compute_dtype`), which XLA:CPU runs much slower here (a
+    200-event text-prompt evaluation batch of 4 users: 133-137 s instead of 71-74 s,
+    compilation included; benchmarks/lora_eval_dtype.py). Cast, the adapter product x @ A @ B is computed in bfloat16
     (rounded relative to its own output, not folded into W). Training keeps them
     float32. `config.eval.lora_in_param_dtype` False evaluates in float32.
     """
