@@ -3,11 +3,16 @@ r"""Stage-1 benchmark on MovieLens ml-latest-small: every row x seed x protocol.
   python -m benchmarks.stage1_benchmark                      # everything, 3 seeds
   python -m benchmarks.stage1_benchmark --rows ar_early --seeds 0 --protocols standard
   python -m benchmarks.stage1_benchmark --report_only        # rewrite the markdown
+  python -m benchmarks.stage1_benchmark --rows A,B --split validation   # model selection
 
 Each run is one launcher call (`python -m launch.main --config
 configs/movielens_pretrain.py:<row args>,protocol=<p> --config.train.seed=<s>`) in
 `workdirs/stage1/<protocol>/<row>_s<seed>`; a finished workdir (results.json) is
-reused. Its log streams here (steps/s, ETA). Per run, results.json is copied to
+reused. Its log streams here (steps/s, ETA). `--split validation` scores each
+finished run's final checkpoint on the validation target instead (each user's event
+before the test one; the trained model is the same) in
+`workdirs/stage1/<protocol>/validation/<row>_s<seed>` and tabulates that split: defaults
+are chosen on these tables only, never on the test ones. Per run, results.json is copied to
 benchmarks/stage1_runs/<protocol>_<row>_s<seed>.json; eval_examples.json (one value
 per test target) stays in the workdir and feeds the tables:
 - every figure is the mean over seeds of the per-target value, with a 95%
@@ -37,6 +42,16 @@ ROWS = {  # row -> (label, config arg)
     'ar_early_future': ('AR encoder, early fusion + seen-item bias + 5-event target horizon '
                         '(User-LLM, default config)',
                         'model=ar,fusion=early,seen_bias=True,item_dropout=0.0,future=5'),
+    # The default + event-time features (log2 gap to the previous event, calendar year).
+    'ar_early_time': ('AR encoder, early fusion + seen-item bias + 5-event target horizon '
+                      '+ time features (gap, year)',
+                      'model=ar,fusion=early,seen_bias=True,item_dropout=0.0,future=5,'
+                      'time=gap+year'),
+    # The default + item content (all genres, release year) in the tied item head.
+    'ar_early_side': ('AR encoder, early fusion + seen-item bias + 5-event target horizon '
+                      '+ item content in the head (genres, year)',
+                      'model=ar,fusion=early,seen_bias=True,item_dropout=0.0,future=5,'
+                      'side=genres+year'),
     'ar_early_seen': ('AR encoder, early fusion + seen-item bias (next event only)',
                       'model=ar,fusion=early,seen_bias=True,item_dropout=0.0,future=1'),
     'ar_early_drop': ('AR encoder, early fusion + seen-item bias + item dropout 0.2',
@@ -64,14 +79,42 @@ RUNS_DIR = os.path.join(ROOT, 'benchmarks', 'stage1_runs')
 _PROGRESS = re.compile(r'(step \d+/\d+ .*|eval step \d+)')
 
 
-def workdir(protocol: str, row: str, seed: int) -> str:
-  return os.path.join(ROOT, 'workdirs', 'stage1', protocol, f'{row}_s{seed}')
+def workdir(protocol: str, row: str, seed: int, split: str = 'test') -> str:
+  sub = () if split == 'test' else (split,)
+  return os.path.join(ROOT, 'workdirs', 'stage1', protocol, *sub, f'{row}_s{seed}')
 
 
 def command(protocol: str, row: str, seed: int, extra: list[str]) -> list[str]:
   return [sys.executable, '-m', 'launch.main',
           f'--config=configs/movielens_pretrain.py:{ROWS[row][1]},protocol={protocol}',
           f'--config.train.seed={seed}', f'--workdir={workdir(protocol, row, seed)}', *extra]
+
+
+def validate(protocol: str, row: str, seed: int, extra: list[str]) -> None:
+  """Scores a finished run's final checkpoint on the validation split (a copy of the
+  run's workdir: the launcher resumes the finished run and only evaluates)."""
+  src, wd = workdir(protocol, row, seed), workdir(protocol, row, seed, 'validation')
+  if os.path.exists(os.path.join(wd, 'results.json')):
+    return
+  if not os.path.exists(os.path.join(src, 'results.json')):
+    raise FileNotFoundError(f'{src}/results.json: train {row} seed {seed} first (without '
+                            '--split validation).')
+  shutil.rmtree(wd, ignore_errors=True)
+  shutil.copytree(src, wd, ignore=shutil.ignore_patterns('results.json', 'eval_examples.json',
+                                                         'tb', 'launch.log'))
+  cmd = [c if not c.startswith('--workdir=') else f'--workdir={wd}'
+         for c in command(protocol, row, seed, extra)] + ['--config.eval.split=validation']
+  with open(os.path.join(wd, 'launch.log'), 'w') as log:
+    if subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode:
+      raise RuntimeError(f'validation of {row} seed {seed} failed; see {wd}/launch.log')
+  # The training wall time is the training run's, not this evaluation's.
+  with open(os.path.join(src, 'results.json')) as f:
+    trained = json.load(f)
+  with open(os.path.join(wd, 'results.json')) as f:
+    scored = json.load(f)
+  scored['train_wall_s'] = trained['train_wall_s']
+  with open(os.path.join(wd, 'results.json'), 'w') as f:
+    json.dump(scored, f, indent=1)
 
 
 def run(protocol: str, row: str, seed: int, extra: list[str]) -> dict:
@@ -98,11 +141,12 @@ def run(protocol: str, row: str, seed: int, extra: list[str]) -> dict:
     return json.load(f)
 
 
-def load_examples(protocol: str, row: str, seeds: list[int]) -> dict[str, np.ndarray] | None:
+def load_examples(protocol: str, row: str, seeds: list[int],
+                  split: str = 'test') -> dict[str, np.ndarray] | None:
   """Per-target values averaged over the seeds that finished (same targets in each)."""
   runs = []
   for s in seeds:
-    path = os.path.join(workdir(protocol, row, s), 'eval_examples.json')
+    path = os.path.join(workdir(protocol, row, s, split), 'eval_examples.json')
     if os.path.exists(path):
       with open(path) as f:
         runs.append({k: np.asarray(v) for k, v in json.load(f).items()})
@@ -167,19 +211,20 @@ def probe_table(path: str) -> list[str]:
   return lines + ['']
 
 
-def report(rows: list[str], seeds: list[int], protocols: list[str]) -> str:
+def report(rows: list[str], seeds: list[int], protocols: list[str], split: str = 'test') -> str:
   out = []
   for protocol in protocols:
-    examples = {r: load_examples(protocol, r, seeds) for r in rows}
+    examples = {r: load_examples(protocol, r, seeds, split) for r in rows}
     results = {}
     for r in rows:
-      results[r] = [json.load(open(os.path.join(workdir(protocol, r, s), 'results.json')))
-                    for s in seeds
-                    if os.path.exists(os.path.join(workdir(protocol, r, s), 'results.json'))]
+      paths = [os.path.join(workdir(protocol, r, s, split), 'results.json') for s in seeds]
+      results[r] = [json.load(open(p)) for p in paths if os.path.exists(p)]
     name = {'standard': '(a) standard leave-one-out, all users',
             'multi_target': '(b) multi-target: last 5 events of every user'}[protocol]
+    if split != 'test':
+      name += f', {split.upper()} target (model selection)'
     out += table(protocol, examples, results, f'Protocol {name}')
-    if protocol == 'standard':
+    if protocol == 'standard' and split == 'test':
       full = {r: (subset(ex, ex['num_events'] >= HISTORY_LEN + 2) if ex is not None else None)
               for r, ex in examples.items()}
       out += table('full_window', full, results,
@@ -196,6 +241,8 @@ def main():
   parser.add_argument('--seeds', default='0,1,2')
   parser.add_argument('--protocols', default=','.join(PROTOCOLS))
   parser.add_argument('--report_only', action='store_true', help='Only rewrite the tables.')
+  parser.add_argument('--split', default='test', choices=('test', 'validation'),
+                      help='validation: score the finished runs on the validation target.')
   parser.add_argument('--out', default=os.path.join(ROOT, 'workdirs', 'stage1', 'tables.md'),
                       help='Generated tables (benchmarks/stage1_results.md quotes them).')
   parser.add_argument('extra', nargs='*', help='Extra launcher flags for every run.')
@@ -207,9 +254,11 @@ def main():
   for i, (p, r, s) in enumerate(todo):
     if not args.report_only:
       run(p, r, s, args.extra)
+      if args.split == 'validation':
+        validate(p, r, s, args.extra)
       done = time.time() - t0
       print(f'run {i + 1}/{len(todo)} done, {done / 60:.1f} min elapsed', flush=True)
-  text = report(rows, seeds, protocols)
+  text = report(rows, seeds, protocols, args.split)
   with open(args.out, 'w') as f:
     f.write(text + '\n')
   print(text)

@@ -72,7 +72,7 @@ def window_inputs(exp, rows: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndar
   """History features {f: int32[N, U]} and mask bool[N, U] of the window rows."""
   example = dp.Example(exp.prepared, 'next_event', exp.features, dp.ByteTokenizer(), False, 1, 1)
   exs = [example(r) for r in rows]
-  feats = {f: np.stack([e[f][:-1] for e in exs]) for f in exp.features}
+  feats = {f: np.stack([e[f][:-1] for e in exs]) for f in exp.input_names}
   return feats, np.stack([e['mask'][:-1] for e in exs])
 
 

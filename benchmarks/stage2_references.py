@@ -61,7 +61,7 @@ def stage1_reference(exp, workdir: str) -> dict[str, np.ndarray]:
   for batch in ds:
     neg = candidates.sample_negatives(rng, batch['target'], num_items, ec.num_candidates)
     ids = np.concatenate([batch['target'][:, None], neg], axis=1)
-    scores = np.asarray(apply(params, {f: batch[f] for f in s1exp.features}, batch['mask']))
+    scores = np.asarray(apply(params, s1exp.inputs(batch), batch['mask']))
     per = metrics.recall_at(np.take_along_axis(scores, ids, axis=1),
                             np.zeros(len(ids), np.int32), ec.ks)
     keep = batch['example_mask']

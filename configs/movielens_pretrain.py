@@ -10,6 +10,8 @@ Variants (arg string after ':', comma separated):
   item_dropout=P (AR: training-time share of input items read as OOV; default 0)
   future=H (AR: the items 1..H events ahead are targets of the item softmax; default 5,
     1 = the next event only)
+  time=gap+year (AR, early fusion: event-time features from the timestamps; default none)
+  side=genres+year (AR, tied head: item content in each item's output embedding)
   ema=D (evaluate and export an exponential moving average of the params, decay D; 0 = off)
   protocol=standard|multi_target|full_window (docs/stage1.md)
   synthetic (toy data, no files needed), steps=N
@@ -46,6 +48,7 @@ def get_config(arg: str | None = None, dataset: str = 'movielens') -> ml_collect
   """Returns the stage-1 config of `dataset`; see the module docstring for `arg`."""
   a = common.parse_arg(arg, model='ar', fusion='early', protocol='standard', runlocal=False,
                        synthetic=False, steps=0, seen_bias=True, item_dropout=0.0, future=5, ema=0.0,
+                       time='', side='',
                        **common.DATA_FILE_ARGS)
   c = ml_collections.ConfigDict()
   c.experiment = 'user_llm.pretrain:PretrainExperiment'  # user_llm/experiment.py
@@ -77,7 +80,17 @@ def get_config(arg: str | None = None, dataset: str = 'movielens') -> ml_collect
   c.model.num_layers = 2  # Transformer blocks.
   c.model.num_heads = 2  # Attention heads N (head dim D / N).
   c.model.mlp_dim = 128  # MLP hidden width F.
-  c.model.embed_dims = dict(item=64, genre=16, rating=8)  # Per-feature embedding widths.
+  # Per-feature embedding widths (gap, year: the time features below, when on).
+  c.model.embed_dims = dict(item=64, genre=16, rating=8, gap=8, year=8)
+  # AR, early fusion: event-time features computed from each event's timestamp
+  # (`user_encoder.time_ids`): 'gap' = log2 seconds since the previous event (a rating
+  # sitting vs a return weeks later), 'year' = calendar year (which films were new).
+  c.model.time_features = tuple(t for t in a.time.split('+') if t)
+  c.model.time_origin_year = 1995  # Year bucket 0 (earlier years clip to it).
+  # AR, tied head: each item's output embedding adds its content, 'genres' (mean of all
+  # its genre embeddings) and 'year' (release year from a MovieLens title), so rarely
+  # rated items are scored by what they are (`user_encoder.item_side_tables`).
+  c.model.item_side = tuple(t for t in a.side.split('+') if t)
   c.model.dropout = 0.2  # Dropout on embeddings and residual branches.
   c.model.norm = 'pre'  # 'pre' | 'post' LayerNorm (post: SASRec's layout; ablation in docs/stage1.md).
   c.model.dtype = 'float32'  # Compute dtype ('bfloat16' on TPU).
@@ -158,7 +171,7 @@ def get_config(arg: str | None = None, dataset: str = 'movielens') -> ml_collect
     c.model.d_model = 16
     c.model.num_heads = 2
     c.model.mlp_dim = 32
-    c.model.embed_dims = dict(item=8, genre=4, rating=4)
+    c.model.embed_dims = dict(item=8, genre=4, rating=4, gap=4, year=4)
     c.model.loss_last_k = 4
     c.train.batch_size = 8
     c.train.num_steps = a.steps or 4

@@ -44,7 +44,7 @@ def user_history(exp: userllm.UserLLMExperiment, raw_user_id: str):
   import data_pipelines  # pylint: disable=g-import-not-at-top
   example = data_pipelines.Example(prepared, 'next_item', exp.features, exp.tokenizer,
                                    False, 8, 8)(row)
-  feats = {f: jnp.asarray(example[f][None]) for f in exp.features}
+  feats = {f: jnp.asarray(example[f][None]) for f in exp.encoder_inputs}
   return feats, jnp.asarray(example['mask'][None])
 
 

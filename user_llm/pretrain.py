@@ -95,6 +95,11 @@ class PretrainExperiment(experiment_lib.Experiment):
     self.features = tuple(sorted(self.vocab_sizes))
     self.num_items = self.vocab_sizes['item']
     self.model_name = config.model.name
+    time = tuple(config.model.get('time_features', ()))
+    if time and config.model.name != 'ar':
+      raise ValueError(f'config.model.time_features={time} needs model=ar, not '
+                       f'{config.model.name!r}.')
+    self.input_names = ue.input_names(self.features, time)
     self.model = self._build_model(config.model, config.data.history_len)
     self.evaluator = catalogue.CatalogueRanking(config.eval, self._scores, self.dataset,
                                                 self.mesh)
@@ -110,7 +115,8 @@ class PretrainExperiment(experiment_lib.Experiment):
                               head_features=mc.get('head_features') or None,
                               tie_item_head=mc.get('tie_item_head', False),
                               seen_item_bias=mc.get('seen_item_bias', False),
-                              item_dropout=mc.get('item_dropout', 0.0))
+                              item_dropout=mc.get('item_dropout', 0.0),
+                              item_side=self._item_side(mc.get('item_side', ())))
     embed_dims = {f: mc.embed_dims[f] for f in self.features}
     if self.model_name == 'bert4rec':
       # Items only (as in Bert4Rec): other features of the [MASK]ed target would leak it.
@@ -125,8 +131,19 @@ class PretrainExperiment(experiment_lib.Experiment):
       return baselines.Popularity(self.num_items)
     raise ValueError(f'Unknown config.model.name {self.model_name!r}')
 
+  def _item_side(self, kinds):
+    """`UserEncoderLM.item_side` from the catalogue (config.model.item_side), or None."""
+    if not kinds:
+      return None
+    if self.prepared is None:
+      raise ValueError('config.model.item_side needs a real dataset (its catalogue), not '
+                       'synthetic data.')
+    cat = self.prepared.catalogue
+    return ue.item_side_tables(cat.names, cat.genre_ids, tuple(kinds))
+
   def _dummy(self, b: int = 1, u: int = 2):
-    return {f: jnp.full((b, u), NUM_SPECIAL, jnp.int32) for f in self.features}, jnp.ones((b, u), bool)
+    return ({f: jnp.full((b, u), NUM_SPECIAL, jnp.int32) for f in self.input_names},
+            jnp.ones((b, u), bool))
 
   def init_params(self, rng):
     feats, mask = self._dummy()
@@ -141,8 +158,12 @@ class PretrainExperiment(experiment_lib.Experiment):
     return v['params']
 
   # -- loss
+  def inputs(self, batch):
+    """The batch arrays the model reads (`input_names`)."""
+    return {f: batch[f] for f in self.input_names}
+
   def loss_fn(self, params, batch, rng):
-    feats = {f: batch[f] for f in self.features}
+    feats = self.inputs(batch)
     mask = batch['mask'] & batch['example_mask'][:, None]
     hist = {f: x[:, :-1] for f, x in feats.items()}
     tgt = {f: x[:, 1:] for f, x in feats.items()}
@@ -227,7 +248,7 @@ class PretrainExperiment(experiment_lib.Experiment):
   # -- eval
   def _scores(self, params, batch):
     """Returns (item scores [B, V], feature -> logits [B, V_f] for the target event)."""
-    feats = {f: batch[f] for f in self.features}
+    feats = self.inputs(batch)
     mask = batch['mask']
     hist = {f: x[:, :-1] for f, x in feats.items()}
     if self.model_name == 'ar':

@@ -121,6 +121,8 @@ class UserLLMExperiment(experiment_lib.Experiment):
     enc = None
     if self.mode != 'text_prompt':
       enc = self._encoder()
+    # The batch arrays the encoder reads (+ timestamps for a stage-1 run's time features).
+    self.encoder_inputs = ue.input_names(self.features, enc.time_features if enc else ())
     self.model = ul.UserLLM(
         self.decoder_config, enc, mode=self.mode,
         xattn_layers=xattn_layers(uc, self.decoder_config.num_layers),
@@ -161,7 +163,7 @@ class UserLLMExperiment(experiment_lib.Experiment):
   # ---------------------------------------------------------------- params
   def _dummy(self, b=1):
     u = self.config.data.history_len
-    feats = {f: jnp.full((b, u), 2, jnp.int32) for f in self.features}
+    feats = {f: jnp.full((b, u), 2, jnp.int32) for f in self.encoder_inputs}
     return feats, jnp.ones((b, u), bool), jnp.full((b, self.length), 2, jnp.int32)
 
   def init_params(self, rng):
@@ -221,7 +223,7 @@ class UserLLMExperiment(experiment_lib.Experiment):
     rows = batch.get('answer_row')
     if rows is None:
       rows = jnp.broadcast_to(jnp.arange(pos.shape[0])[:, None], pos.shape)
-    feats = {f: batch[f] for f in self.features}
+    feats = {f: batch[f] for f in self.encoder_inputs}
     out = self.model.apply({'params': params}, feats, batch['mask'], tokens,
                            tokens != 0, pos - 1, rows, method='forward')
     targets = tokens[rows, pos]

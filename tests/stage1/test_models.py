@@ -266,3 +266,60 @@ def test_future_targets_add_their_weighted_loss(tiny_config):
   assert 'loss_future_item' not in m1 and float(m['loss_future_item']) > 0
   np.testing.assert_allclose(loss, base + tiny_config.model.future_weight * m['loss_future_item'],
                              rtol=1e-5)
+
+
+def test_time_ids_buckets_gaps_and_years():
+  day, year = 86_400, ue._SECONDS_PER_YEAR
+  t0 = (2000 - 1970) * year + 10 * day  # Inside calendar year 2000.
+  ts = jnp.asarray([[0, 0, t0, t0, t0 + 7, t0 + 3 * day]], jnp.int32)
+  mask = jnp.asarray([[False, False, True, True, True, True]])
+  ids = ue.time_ids(ts, mask, ('gap', 'year'), origin_year=1995)
+  # pad 0; the window's first event 1 (its predecessor is outside); then
+  # 2 + floor(log2(1 + gap)): 0 s -> 2, 7 s -> 5, ~3 days -> 2 + 17.
+  np.testing.assert_array_equal(ids['gap'], [[0, 0, 1, 2, 5, 2 + 17]])
+  np.testing.assert_array_equal(ids['year'], [[0, 0, 7, 7, 7, 7]])  # 2 + 2000 - 1995.
+  far = ue.time_ids(jnp.asarray([[1, 2 ** 31 - 1]], jnp.int32), jnp.ones((1, 2), bool),
+                    ('year',), origin_year=1995)['year']
+  np.testing.assert_array_equal(far, [[2, ue.TIME_BUCKETS - 1]])  # Clipped both ways.
+
+
+def test_time_features_are_embedded_causally():
+  dims = dict(DIMS, gap=4, year=4)
+  model = ue.UserEncoder(VOCAB, dims, d_model=16, num_layers=1, num_heads=2, mlp_dim=32,
+                         max_len=8, time_features=('gap', 'year'))
+  feats, mask = _feats(), jnp.ones((2, 6), bool)
+  feats['timestamp'] = jnp.cumsum(jnp.full((2, 6), 1000, jnp.int32), axis=1) + 10 ** 9
+  params = model.init(jax.random.key(0), feats, mask)
+  assert params['params']['embed_gap']['embedding'].shape == (ue.TIME_BUCKETS, 4)
+  assert params['params']['embed_year']['embedding'].shape == (ue.TIME_BUCKETS, 4)
+  later = dict(feats, timestamp=feats['timestamp'].at[:, 4:].add(10 ** 6))
+  out, out2 = model.apply(params, feats, mask), model.apply(params, later, mask)
+  np.testing.assert_allclose(out[:, :4], out2[:, :4], atol=1e-6)
+  assert not np.allclose(out[:, 4], out2[:, 4])  # Event 4 reads its own (new) gap.
+  with pytest.raises(ValueError, match='early fusion'):
+    ue.UserEncoder(VOCAB, dims, d_model=16, max_len=8, fusion='late',
+                   time_features=('gap',)).init(jax.random.key(0), feats, mask)
+
+
+def test_item_side_tables_and_head():
+  names = ['<pad>', '<oov>', 'Toy Story (1995)', 'Metropolis (1927) ', 'No Year', 'Old (1900)']
+  genres = [(), (), (2, 3), (4,), (2,), ()]
+  t = ue.item_side_tables(names, genres, ('genres', 'year'))
+  np.testing.assert_array_equal(t['genres'], [[0, 0], [0, 0], [2, 3], [4, 0], [2, 0], [0, 0]])
+  np.testing.assert_array_equal(t['year'], [0, 0, 2 + 75, 2 + 7, 1, 2])
+  vocab = {'item': 6, 'genre': 6, 'rating': 5}
+  enc = ue.UserEncoder(vocab, DIMS, d_model=16, num_layers=1, num_heads=2, mlp_dim=32, max_len=8)
+  lm = ue.UserEncoderLM(enc, tie_item_head=True, item_side=t)
+  feats = {f: jnp.full((1, 3), 2, jnp.int32) for f in vocab}
+  params = lm.init(jax.random.key(0), feats, jnp.ones((1, 3), bool))['params']
+  assert params['item_side_genres']['embedding'].shape == (6, DIMS['item'])
+  assert params['item_side_year']['embedding'].shape == (ue.YEAR_BUCKETS, DIMS['item'])
+  # Items 2 and 4 share genre 2 only: moving genre 3's embedding moves item 2's logit alone.
+  h, logits = lm.apply({'params': params}, feats, jnp.ones((1, 3), bool))
+  bumped = jax.tree.map(lambda x: x, params)
+  bumped['item_side_genres']['embedding'] = params['item_side_genres']['embedding'].at[3].add(1.0)
+  _, logits2 = lm.apply({'params': bumped}, feats, jnp.ones((1, 3), bool))
+  moved = np.abs(np.asarray(logits2['item'] - logits['item']))[0, -1] > 1e-6
+  np.testing.assert_array_equal(moved, [False, False, True, False, False, False])
+  with pytest.raises(ValueError, match='tied item head'):
+    ue.UserEncoderLM(enc, item_side=t).init(jax.random.key(0), feats, jnp.ones((1, 3), bool))

@@ -74,7 +74,7 @@ def llm_inputs(exp, params, batch) -> tuple[np.ndarray, dict]:
     if p:
       prompts[r, -p:] = batch['tokens'][r, :p]
   prompts[~keep, -1] = exp.tokenizer.bos_id  # Padding rows: a harmless prompt.
-  feats = {f: jnp.asarray(batch[f]) for f in exp.features}
+  feats = {f: jnp.asarray(batch[f]) for f in exp.encoder_inputs}
   return prompts, ul.user_inputs(exp.model, params, feats, jnp.asarray(batch['mask']))
 
 

@@ -14,6 +14,7 @@ Parameter tree of `UserEncoderLM` (names are an API, stage 2 loads `user_encoder
   heads/{feature}/kernel, bias                      [D, V_f] next-event heads
   item_proj/kernel, bias; item_bias                 (tie_item_head) [D, E_item]; [V_item]
   seen_item_bias                                    (seen_item_bias) [] scalar
+  item_side_{genres,year}/embedding                 (item_side) [V_genre | Y, E_item]
 
 Incremental encoding (serving, user_llm/serving/incremental.py): a causal encoder's
 output at event t depends on events <= t only, so with a per-layer KV cache
@@ -23,6 +24,7 @@ sits at position 0 (no left padding).
 """
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from flax.core import FrozenDict
 import flax.linen as nn
@@ -222,6 +224,12 @@ class UserEncoder(nn.Module):
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
   norm: str = 'pre'  # 'pre' | 'post' LayerNorm (`Transformer`).
+  # Event-time features read from `features['timestamp']` (int32 seconds), embedded
+  # like the categorical ones (`embed_{name}`, width embed_dims[name]); early fusion
+  # only. 'gap': log2 seconds since the window's previous event; 'year': calendar year
+  # from `time_origin_year` (`time_ids`).
+  time_features: tuple[str, ...] = ()
+  time_origin_year: int = 1995
 
   def _transformer(self, name: str) -> Transformer:
     return Transformer(self.num_layers, self.num_heads, self.mlp_dim, self.max_len,
@@ -262,11 +270,19 @@ class UserEncoder(nn.Module):
 
     names = sorted(self.vocab_sizes)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    embs = {}
+    embs, ids = {}, dict(features)
+    if self.time_features:
+      if self.fusion != 'early' or cache is not None:
+        raise ValueError('time_features need early fusion and a full (uncached) call; got '
+                         f'fusion={self.fusion!r}, cache={cache is not None}.')
+      ids.update(time_ids(features['timestamp'], mask, self.time_features,
+                          self.time_origin_year))
+      names = sorted(names + list(self.time_features))
     for f in names:
-      table = nn.Embed(self.vocab_sizes[f], self.embed_dims[f], embedding_init=nn.initializers.normal(0.02),
+      size = TIME_BUCKETS if f in self.time_features else self.vocab_sizes[f]
+      table = nn.Embed(size, self.embed_dims[f], embedding_init=nn.initializers.normal(0.02),
                        name=f'embed_{f}', **kw)
-      embs[f] = table(features[f])
+      embs[f] = table(ids[f])
     if self.fusion == 'early':
       x = jnp.concatenate([embs[f] for f in names], axis=-1)
       x = nn.Dense(self.d_model, name='fuse', **kw)(x)
@@ -280,6 +296,45 @@ class UserEncoder(nn.Module):
     else:
       raise ValueError(f'Unknown fusion {self.fusion!r}, expected early|late.')
     return h if cache is None else (h, new_cache)
+
+
+def input_names(features: Sequence[str], time_features: Sequence[str] = ()) -> tuple[str, ...]:
+  """The batch arrays an encoder reads: its categorical features, plus 'timestamp'
+  (int32 seconds) when it has time features. Stage 1 and stage 2 select inputs here."""
+  return tuple(features) + (('timestamp',) if time_features else ())
+
+
+TIME_BUCKETS = 32  # Ids of each time feature: 0 pad, 1 unknown, 2.. buckets (clipped).
+_SECONDS_PER_YEAR = 31_556_952  # Mean Gregorian year.
+
+
+def time_ids(timestamp: Array, mask: Array, names: Sequence[str],
+             origin_year: int) -> dict[str, Array]:
+  """Bucketed event-time ids int32 [B, U] in [0, TIME_BUCKETS), one per name.
+
+  Args:
+    timestamp: int32 [B, U] seconds since the epoch (0 on padding).
+    mask: bool [B, U] real events (a run of them, left- or right-padded).
+    names: 'gap' (2 + floor(log2(1 + seconds since the previous real event)); 1 for
+      the window's first event, whose predecessor is outside it) and/or 'year'
+      (2 + calendar year - origin_year, clipped).
+  """
+  out = {}
+  for name in names:
+    if name == 'gap':
+      # Difference in integers: float32 resolves only ~64 s at 1e9 seconds.
+      delta = timestamp - jnp.pad(timestamp[:, :-1], ((0, 0), (1, 0)))
+      has_prev = jnp.pad(mask[:, :-1], ((0, 0), (1, 0)))
+      gap = jnp.floor(jnp.log2(1.0 + jnp.maximum(delta, 0).astype(jnp.float32)))
+      gap = gap.astype(jnp.int32)
+      b = jnp.where(has_prev, 2 + jnp.minimum(gap, TIME_BUCKETS - 3), 1)
+    elif name == 'year':
+      year = timestamp // _SECONDS_PER_YEAR + 1970 - origin_year
+      b = 2 + jnp.clip(year, 0, TIME_BUCKETS - 3)
+    else:
+      raise ValueError(f'Unknown time feature {name!r}, expected gap|year.')
+    out[name] = jnp.where(mask, b, 0).astype(jnp.int32)
+  return out
 
 
 def init_cache(encoder: UserEncoder, batch: int) -> dict[str, dict[str, Array]]:
@@ -313,12 +368,14 @@ def encoder_from_config(mc, vocab_sizes: Mapping[str, int], max_len: int, causal
     causal: AR (True) or bidirectional (Bert4Rec).
     dropout: overrides mc.dropout (stage 2 reads the encoder without dropout).
   """
+  time = tuple(mc.get('time_features', ()))
   return UserEncoder(
-      FrozenDict(vocab_sizes), FrozenDict({f: mc.embed_dims[f] for f in vocab_sizes}),
+      FrozenDict(vocab_sizes), FrozenDict({f: mc.embed_dims[f] for f in (*vocab_sizes, *time)}),
       d_model=mc.d_model, num_layers=mc.num_layers, num_heads=mc.num_heads,
       mlp_dim=mc.mlp_dim, max_len=max_len, fusion=mc.fusion, causal=causal,
       dropout=mc.dropout if dropout is None else dropout,
-      dtype=jnp.dtype(mc.get('dtype', 'float32')), norm=mc.get('norm', 'pre'))
+      dtype=jnp.dtype(mc.get('dtype', 'float32')), norm=mc.get('norm', 'pre'),
+      time_features=time, time_origin_year=mc.get('time_origin_year', 1995))
 
 
 class NextEventHeads(nn.Module):
@@ -352,6 +409,12 @@ class UserEncoderLM(nn.Module):
   # probability (the encoder then reads its genre and rating only), as Bert4Rec's
   # [MASK] does; targets and the seen-item bias keep the true items.
   item_dropout: float = 0.0
+  # Tied head only: item content added to each item's output embedding, so that items
+  # with few ratings are still scored by what they are. name -> int32 table from
+  # `item_side_tables`: 'genres' [V_item, G] (all the item's genre ids, 0 = pad; their
+  # embeddings are averaged), 'year' [V_item] (release-year bucket). Stage 1 only: the
+  # encoder and its outputs are unchanged.
+  item_side: Mapping[str, Any] | None = None
 
   def setup(self):
     enc = self.user_encoder
@@ -364,6 +427,17 @@ class UserEncoderLM(nn.Module):
                                 param_dtype=enc.param_dtype, name='item_proj')
       self.item_bias = self.param('item_bias', nn.initializers.zeros,
                                   (enc.vocab_sizes['item'],), enc.param_dtype)
+    if self.item_side:
+      if not self.tie_item_head:
+        raise ValueError('item_side needs the tied item head (tie_item_head=True).')
+      init, e = nn.initializers.normal(0.02), enc.embed_dims['item']
+      sizes = {'genres': enc.vocab_sizes.get('genre', 0), 'year': YEAR_BUCKETS}
+      unknown = set(self.item_side) - set(sizes)
+      if unknown:
+        raise ValueError(f'Unknown item_side tables {sorted(unknown)}; known: {sorted(sizes)}.')
+      self.side_embed = {k: nn.Embed(sizes[k], e, embedding_init=init, dtype=enc.dtype,
+                                     param_dtype=enc.param_dtype, name=f'item_side_{k}')
+                         for k in sorted(self.item_side)}
     if self.seen_item_bias:
       if not enc.causal:
         raise ValueError('seen_item_bias needs a causal encoder (it reads past items only).')
@@ -385,12 +459,60 @@ class UserEncoderLM(nn.Module):
     logits = self.heads(hk)
     if self.tie_item_head:
       table = self.user_encoder.variables['params']['embed_item']['embedding']
+      if self.item_side:
+        table = table + self._side_table()
       logits['item'] = (jnp.einsum('BUE,VE->BUV', self.item_proj(hk), table.astype(hk.dtype))
                         + self.item_bias).astype(jnp.float32)
     if self.seen_item_bias and 'item' in logits:
       logits['item'] = logits['item'] + self.seen_bias * seen_items(
           features['item'], mask, logits['item'].shape[1], logits['item'].shape[-1])
     return h, logits
+
+
+  def _side_table(self) -> Array:
+    """[V_item, E_item]: each item's content embedding (mean of its genres + year)."""
+    out = 0.0
+    for k, emb in self.side_embed.items():
+      ids = jnp.asarray(self.item_side[k])
+      if k == 'genres':
+        real = (ids > 0).astype(jnp.float32)[..., None]
+        out = out + (emb(ids) * real).sum(1) / jnp.maximum(real.sum(1), 1.0)
+      else:
+        out = out + emb(ids)
+    return out
+
+
+YEAR_BUCKETS = 102  # Release years: 0 pad, 1 unknown, 2 + (year - 1920) clipped to 0..99.
+
+
+def item_side_tables(names: Sequence[str], genre_ids: Sequence[Sequence[int]],
+                     kinds: Sequence[str]) -> dict[str, Any]:
+  """The `UserEncoderLM.item_side` tables of a catalogue (ids = item vocabulary ids).
+
+  Args:
+    names: item title per id ('Toy Story (1995)': MovieLens titles end in the release
+      year; a title without one gets bucket 1, unknown).
+    genre_ids: the genre ids of each item (all of them, not only the first).
+    kinds: the tables to build, 'genres' and/or 'year'.
+  """
+  import re  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  out = {}
+  if 'genres' in kinds:
+    width = max(1, max((len(g) for g in genre_ids), default=1))
+    table = np.zeros((len(genre_ids), width), np.int32)
+    for i, g in enumerate(genre_ids):
+      table[i, :len(g)] = g
+    out['genres'] = table
+  if 'year' in kinds:
+    year = np.ones(len(names), np.int32)
+    for i, name in enumerate(names):
+      m = re.search(r'\((\d{4})\)\s*$', name or '')
+      if m:
+        year[i] = 2 + min(max(int(m.group(1)) - 1920, 0), YEAR_BUCKETS - 3)
+    year[:2] = 0  # pad, OOV
+    out['year'] = year
+  return out
 
 
 def first_positions(items: Array, valid: Array, vocab: int) -> Array:
