@@ -13,7 +13,7 @@ Variants (arg string after ':', comma separated):
   time=gap+year (AR, early fusion: event-time features from the timestamps; default none)
   side=genres+year (AR, tied head: item content in each item's output embedding)
   ema=D (evaluate and export an exponential moving average of the params, decay D; 0 = off)
-  protocol=standard|multi_target|full_window (docs/stage1.md)
+  protocol=standard|multi_target|full_window|selection (docs/stage1.md)
   synthetic (toy data, no files needed), steps=N
   path=DIR, reviews_file=FILE, meta_file=FILE (the data files; or --config.data.path=...)
 e.g. --config configs/movielens_pretrain.py:model=ar,fusion=late
@@ -28,11 +28,19 @@ from configs import common
 PROTOCOLS = {  # name -> data fields (docs/stage1.md, "Protocols").
     # (a) Leave-one-out over all users: last event test, the one before validation,
     # histories of up to history_len events left-padded.
-    'standard': dict(pad_short=True, test_events=1, valid_events=1, min_events=-1),
+    'standard': dict(pad_short=True, test_events=1, valid_events=1, min_events=-1,
+                     drop_last_events=0),
     # (b) Each user's last 5 events are test targets, each with the history before it.
-    'multi_target': dict(pad_short=True, test_events=5, valid_events=1, min_events=-1),
+    'multi_target': dict(pad_short=True, test_events=5, valid_events=1, min_events=-1,
+                         drop_last_events=0),
     # (c) Users with a full window only (>= history_len + 2 events): stage 2's layout.
-    'full_window': dict(pad_short=False, test_events=1, valid_events=1, min_events=-1),
+    'full_window': dict(pad_short=False, test_events=1, valid_events=1, min_events=-1,
+                        drop_last_events=0),
+    # Model selection: (a) on timelines without their last event (the (a) test target,
+    # never read), so its "test" target is (a)'s validation event, and it follows an
+    # event that no training window holds, as (a)'s test target does.
+    'selection': dict(pad_short=True, test_events=1, valid_events=1, min_events=-1,
+                      drop_last_events=1),
 }
 
 

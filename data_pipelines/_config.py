@@ -69,6 +69,9 @@ def default_data_config(name: str = 'movielens',
   # full windows would drop most users.
   c.pad_short = name != 'movielens'
   c.min_count = 1  # (prep) Training occurrences an item/genre needs for an id.
+  # (prep) Remove each user's last k events first (model selection on the event before
+  # the test one, with the test target never read: stage-1 protocol 'selection').
+  c.drop_last_events = 0
   c.amazon_category_level = 1  # (prep) Level of the Amazon category path = genre.
   c.features = ('item', 'genre', 'rating')  # Categorical features in batches.
   c.strict = True  # (prep) Malformed row: raise (True) or skip and count (False).
@@ -86,4 +89,4 @@ def default_data_config(name: str = 'movielens',
 # Fields that change the preprocessed data (and hence the cache key).
 PREP_FIELDS = ('name', 'reviews_file', 'meta_file', 'history_len', 'stride',
                'min_events', 'min_count', 'test_events', 'valid_events', 'pad_short',
-               'amazon_category_level', 'strict')
+               'amazon_category_level', 'strict', 'drop_last_events')

@@ -275,7 +275,8 @@ def _build(config: ml_collections.ConfigDict, sources: dict[str, str | None],
   logging.info('data: read %d events in %.1f s', len(raw.events), time.time() - t0)
   built = _timelines.build(raw, log, config.history_len, config.stride,
                            prep['min_events'], prep['min_count'], prep['test_events'],
-                           prep['valid_events'], prep['pad_short'])
+                           prep['valid_events'], prep['pad_short'],
+                           prep.get('drop_last_events', 0))
   del raw
   log.report()
   # Written next to the target and renamed, so a crash never leaves a half cache.

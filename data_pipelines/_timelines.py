@@ -204,7 +204,7 @@ def _feature_columns(raw: RawData, vocabs: dict[str, Vocab], item: np.ndarray,
 
 def build(raw: RawData, log: _io.ReadLog, history_len: int, stride: int,
           min_events: int | None = None, min_count: int = 1, test_events: int = 1,
-          valid_events: int = 1, pad_short: bool = False) -> Built:
+          valid_events: int = 1, pad_short: bool = False, drop_last_events: int = 0) -> Built:
   """Turns raw events into timelines, windows per split and vocabularies.
 
   Args:
@@ -217,6 +217,10 @@ def build(raw: RawData, log: _io.ReadLog, history_len: int, stride: int,
     min_count: an item/genre needs this many training occurrences to get an id.
     test_events, valid_events: targets per user held out for test / validation.
     pad_short: allow histories shorter than history_len (left-padded downstream).
+    drop_last_events: remove each user's last k events before anything else (model
+      selection without the test targets: the held-out events then end one step
+      earlier, and the new test target, like the real one, follows an event that no
+      training window contains).
   """
   if history_len < 1 or stride < 1 or test_events < 1 or valid_events < 0:
     raise _io.BadInput(f'history_len ({history_len}), stride ({stride}), test_events '
@@ -232,6 +236,15 @@ def build(raw: RawData, log: _io.ReadLog, history_len: int, stride: int,
 
   order = _dedup_and_sort(raw, log)
   cols = raw.events.columns()
+  if drop_last_events > 0:
+    user = cols['user'][order]
+    first = np.concatenate([[True], user[1:] != user[:-1]]) if len(user) else np.zeros(0, bool)
+    starts = np.flatnonzero(first)
+    lengths = np.diff(np.append(starts, len(user)))
+    position = np.arange(len(user)) - np.repeat(starts, lengths)
+    keep = position < np.repeat(lengths - drop_last_events, lengths)
+    log.count('events_dropped_last', int((~keep).sum()))
+    order = order[keep]
   user, item = cols['user'][order], cols['item'][order]
   starts = np.flatnonzero(np.diff(user)) + 1 if len(user) else np.zeros(0, np.int64)
   starts = np.concatenate([[0], starts, [len(user)]]).astype(np.int64)

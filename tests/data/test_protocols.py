@@ -69,6 +69,22 @@ def test_padded_multi_target_windows_and_seen(source, tmp_path):
   assert sorted(np.flatnonzero(out['seen'])) == sorted(item.ids(['10', '20', '30', '40']))
 
 
+def test_selection_drops_each_users_last_event(source, tmp_path):
+  """Protocol 'selection': the standard split of timelines without their last event,
+  so its test target is the standard validation event and the real test target is
+  never read (not even as history)."""
+  std = _prepare(source, tmp_path, pad_short=True)
+  sel = _prepare(source, tmp_path, pad_short=True, drop_last_events=1)
+  assert sel.root != std.root  # A prep field: its own cache.
+  assert std.windows('validation')[:, :2].tolist() == [[0, 5], [1, 3]]
+  assert sel.windows('test')[:, :2].tolist() == [[0, 5], [1, 3]]
+  assert sel.windows('validation')[:, :2].tolist() == [[0, 4], [1, 2]]
+  assert sel.stats['events'] == std.stats['events'] - 2
+  ex = dp.Example(sel, 'next_event', ('item',), dp.ByteTokenizer(), False, 8, 8)
+  out = ex(np.asarray([0, 5, 0]))  # User 1's selection target: movie 20 at t = 5.
+  assert out['item'][-1] == sel.vocabs['item'].id('20') and out['num_events'] == 6
+
+
 def test_protocols_share_the_vocabulary(source, tmp_path):
   full = _prepare(source, tmp_path)  # User 2 is too short for a full window.
   padded = _prepare(source, tmp_path, pad_short=True)

@@ -38,7 +38,7 @@ def test_pretrain_variants_build():
   from configs import movielens_pretrain  # pylint: disable=g-import-not-at-top
   for arg in ('model=ar,fusion=late', 'model=dual', 'model=bert4rec', 'model=popularity',
               'runlocal,synthetic,steps=3', 'protocol=multi_target', 'protocol=full_window',
-              'future=5'):
+              'protocol=selection', 'future=5'):
     movielens_pretrain.get_config(arg)
   assert movielens_pretrain.get_config('protocol=multi_target').data.test_events == 5
   assert movielens_pretrain.get_config('future=5').model.future_targets == 5
