@@ -97,7 +97,7 @@ def get_config(arg: str | None = None, dataset: str = 'movielens') -> ml_collect
   c.model.time_origin_year = 1995  # Year bucket 0 (earlier years clip to it).
   # AR, tied head: each item's output embedding adds its content, 'genres' (mean of all
   # its genre embeddings) and 'year' (release year from a MovieLens title), so rarely
-  # rated items are scored by what they are (`user_encoder.item_side_tables`).
+  # rated items are scored by what they are (`pretrain.item_side_tables`).
   c.model.item_side = tuple(t for t in a.side.split('+') if t)
   c.model.dropout = 0.2  # Dropout on embeddings and residual branches.
   c.model.norm = 'pre'  # 'pre' | 'post' LayerNorm (post: SASRec's layout; ablation in docs/stage1.md).

@@ -15,8 +15,10 @@ per-target values behind them (user, target index, the user's number of events, 
 value per metric) for paired comparisons and protocol subsets.
 """
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 import functools
+import re
+from typing import Any
 
 import data_pipelines
 import grain
@@ -139,7 +141,7 @@ class PretrainExperiment(experiment_lib.Experiment):
       raise ValueError('config.model.item_side needs a real dataset (its catalogue), not '
                        'synthetic data.')
     cat = self.prepared.catalogue
-    return ue.item_side_tables(cat.names, cat.genre_ids, tuple(kinds))
+    return item_side_tables(cat.names, cat.genre_ids, tuple(kinds))
 
   def _dummy(self, b: int = 1, u: int = 2):
     return ({f: jnp.full((b, u), NUM_SPECIAL, jnp.int32) for f in self.input_names},
@@ -273,6 +275,34 @@ class PretrainExperiment(experiment_lib.Experiment):
 
   def eval_examples(self) -> dict[str, list] | None:
     return self._eval_examples
+
+
+def item_side_tables(names: Sequence[str], genre_ids: Sequence[Sequence[int]],
+                     kinds: Sequence[str]) -> dict[str, Any]:
+  """The `ue.UserEncoderLM.item_side` tables of a catalogue (ids = item vocabulary ids).
+
+  Args:
+    names: item title per id ('Toy Story (1995)': MovieLens titles end in the release
+      year; a title without one gets bucket 1, unknown).
+    genre_ids: the genre ids of each item (all of them, not only the first).
+    kinds: the tables to build, 'genres' and/or 'year'.
+  """
+  out = {}
+  if 'genres' in kinds:
+    width = max(1, max((len(g) for g in genre_ids), default=1))
+    table = np.zeros((len(genre_ids), width), np.int32)
+    for i, g in enumerate(genre_ids):
+      table[i, :len(g)] = g
+    out['genres'] = table
+  if 'year' in kinds:
+    year = np.ones(len(names), np.int32)
+    for i, name in enumerate(names):
+      m = re.search(r'\((\d{4})\)\s*$', name or '')
+      if m:
+        year[i] = 2 + min(max(int(m.group(1)) - 1920, 0), ue.YEAR_BUCKETS - 3)
+    year[:2] = 0  # pad, OOV
+    out['year'] = year
+  return out
 
 
 def _l2(x):

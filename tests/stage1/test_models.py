@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from user_llm import metrics, optim, sharding
+from user_llm import metrics, optim, pretrain, sharding
 from user_llm.models import baselines
 from user_llm.models import user_encoder as ue
 
@@ -304,7 +304,7 @@ def test_time_features_are_embedded_causally():
 def test_item_side_tables_and_head():
   names = ['<pad>', '<oov>', 'Toy Story (1995)', 'Metropolis (1927) ', 'No Year', 'Old (1900)']
   genres = [(), (), (2, 3), (4,), (2,), ()]
-  t = ue.item_side_tables(names, genres, ('genres', 'year'))
+  t = pretrain.item_side_tables(names, genres, ('genres', 'year'))
   np.testing.assert_array_equal(t['genres'], [[0, 0], [0, 0], [2, 3], [4, 0], [2, 0], [0, 0]])
   np.testing.assert_array_equal(t['year'], [0, 0, 2 + 75, 2 + 7, 1, 2])
   vocab = {'item': 6, 'genre': 6, 'rating': 5}

@@ -411,9 +411,9 @@ class UserEncoderLM(nn.Module):
   item_dropout: float = 0.0
   # Tied head only: item content added to each item's output embedding, so that items
   # with few ratings are still scored by what they are. name -> int32 table from
-  # `item_side_tables`: 'genres' [V_item, G] (all the item's genre ids, 0 = pad; their
-  # embeddings are averaged), 'year' [V_item] (release-year bucket). Stage 1 only: the
-  # encoder and its outputs are unchanged.
+  # `pretrain.item_side_tables`: 'genres' [V_item, G] (all the item's genre ids, 0 =
+  # pad; their embeddings are averaged), 'year' [V_item] (release-year bucket). Stage 1
+  # only: the encoder and its outputs are unchanged.
   item_side: Mapping[str, Any] | None = None
 
   def setup(self):
@@ -483,36 +483,6 @@ class UserEncoderLM(nn.Module):
 
 
 YEAR_BUCKETS = 102  # Release years: 0 pad, 1 unknown, 2 + (year - 1920) clipped to 0..99.
-
-
-def item_side_tables(names: Sequence[str], genre_ids: Sequence[Sequence[int]],
-                     kinds: Sequence[str]) -> dict[str, Any]:
-  """The `UserEncoderLM.item_side` tables of a catalogue (ids = item vocabulary ids).
-
-  Args:
-    names: item title per id ('Toy Story (1995)': MovieLens titles end in the release
-      year; a title without one gets bucket 1, unknown).
-    genre_ids: the genre ids of each item (all of them, not only the first).
-    kinds: the tables to build, 'genres' and/or 'year'.
-  """
-  import re  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  out = {}
-  if 'genres' in kinds:
-    width = max(1, max((len(g) for g in genre_ids), default=1))
-    table = np.zeros((len(genre_ids), width), np.int32)
-    for i, g in enumerate(genre_ids):
-      table[i, :len(g)] = g
-    out['genres'] = table
-  if 'year' in kinds:
-    year = np.ones(len(names), np.int32)
-    for i, name in enumerate(names):
-      m = re.search(r'\((\d{4})\)\s*$', name or '')
-      if m:
-        year[i] = 2 + min(max(int(m.group(1)) - 1920, 0), YEAR_BUCKETS - 3)
-    year[:2] = 0  # pad, OOV
-    out['year'] = year
-  return out
 
 
 def first_positions(items: Array, valid: Array, vocab: int) -> Array:
