@@ -13,7 +13,8 @@ finished run's final checkpoint on the validation target instead (each user's ev
 before the test one; the trained model is the same) in
 `workdirs/stage1/<protocol>/validation/<row>_s<seed>` and tabulates that split: defaults
 are chosen on these tables only, never on the test ones. Per run, results.json is copied to
-benchmarks/stage1_runs/<protocol>_<row>_s<seed>.json; eval_examples.json (one value
+benchmarks/stage1_runs/<protocol>_<row>_s<seed>.json (validation:
+<protocol>_validation_<row>_s<seed>.json); eval_examples.json (one value
 per test target) stays in the workdir and feeds the tables:
 - every figure is the mean over seeds of the per-target value, with a 95%
   bootstrap CI over users (user_llm/stats.py);
@@ -115,6 +116,9 @@ def validate(protocol: str, row: str, seed: int, extra: list[str]) -> None:
   scored['train_wall_s'] = trained['train_wall_s']
   with open(os.path.join(wd, 'results.json'), 'w') as f:
     json.dump(scored, f, indent=1)
+  os.makedirs(RUNS_DIR, exist_ok=True)
+  shutil.copy(os.path.join(wd, 'results.json'),
+              os.path.join(RUNS_DIR, f'{protocol}_validation_{row}_s{seed}.json'))
 
 
 def run(protocol: str, row: str, seed: int, extra: list[str]) -> dict:
