@@ -202,6 +202,14 @@ def _feature_columns(raw: RawData, vocabs: dict[str, Vocab], item: np.ndarray,
                           rating_ids[inverse.reshape(-1)]], axis=1)
 
 
+def _runs(user: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Of user-sorted events: (run starts + the end, run lengths, position in its run)."""
+  starts = np.flatnonzero(np.diff(user)) + 1 if len(user) else np.zeros(0, np.int64)
+  starts = np.concatenate([[0], starts, [len(user)]]).astype(np.int64)
+  lengths = np.diff(starts)
+  return starts, lengths, np.arange(len(user)) - np.repeat(starts[:-1], lengths)
+
+
 def build(raw: RawData, log: _io.ReadLog, history_len: int, stride: int,
           min_events: int | None = None, min_count: int = 1, test_events: int = 1,
           valid_events: int = 1, pad_short: bool = False, drop_last_events: int = 0) -> Built:
@@ -237,19 +245,12 @@ def build(raw: RawData, log: _io.ReadLog, history_len: int, stride: int,
   order = _dedup_and_sort(raw, log)
   cols = raw.events.columns()
   if drop_last_events > 0:
-    user = cols['user'][order]
-    first = np.concatenate([[True], user[1:] != user[:-1]]) if len(user) else np.zeros(0, bool)
-    starts = np.flatnonzero(first)
-    lengths = np.diff(np.append(starts, len(user)))
-    position = np.arange(len(user)) - np.repeat(starts, lengths)
+    _, lengths, position = _runs(cols['user'][order])
     keep = position < np.repeat(lengths - drop_last_events, lengths)
     log.count('events_dropped_last', int((~keep).sum()))
     order = order[keep]
   user, item = cols['user'][order], cols['item'][order]
-  starts = np.flatnonzero(np.diff(user)) + 1 if len(user) else np.zeros(0, np.int64)
-  starts = np.concatenate([[0], starts, [len(user)]]).astype(np.int64)
-  lengths = np.diff(starts)
-  position = np.arange(len(user)) - np.repeat(starts[:-1], lengths)
+  starts, lengths, position = _runs(user)
 
   # Vocabularies from the training part of every user (kept or not, see above).
   train = position < np.repeat(np.maximum(lengths - test_events - valid_events, 0), lengths)
