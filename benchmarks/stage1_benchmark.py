@@ -71,7 +71,7 @@ ROWS = {  # row -> (label, config arg)
     'bert4rec_seen': ('Bert4Rec + seen-item bias', 'model=bert4rec,seen_bias=True'),
     'popularity': ('Popularity', 'model=popularity'),
 }
-PROTOCOLS = ('standard', 'multi_target')  # + 'selection' (model selection; on request)
+PROTOCOLS = ('standard', 'multi_target')  # + 'selection', 'selection_multi' (on request)
 # Paired differences: against the first of these rows present.
 BASE_ROWS = ('ar_early_future', 'ar_early_seen', 'ar_early')
 HISTORY_LEN = 50  # config.data.history_len of the runs (events before a target).
@@ -226,7 +226,10 @@ def report(rows: list[str], seeds: list[int], protocols: list[str], split: str =
     name = {'standard': '(a) standard leave-one-out, all users',
             'multi_target': '(b) multi-target: last 5 events of every user',
             'selection': ('(s) selection: (a) without each user\'s last event, scored on '
-                          'the event before it (model selection)')}[protocol]
+                          'the event before it (model selection)'),
+            'selection_multi': ('(s5) selection, 5 targets per user: timelines without '
+                                'their last 5 events, scored on the 5 before them '
+                                '(model selection)')}[protocol]
     if split != 'test':
       name += f', {split.upper()} target (model selection)'
     out += table(protocol, examples, results, f'Protocol {name}')

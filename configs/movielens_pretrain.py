@@ -13,7 +13,7 @@ Variants (arg string after ':', comma separated):
   time=gap+year (AR, early fusion: event-time features from the timestamps; default none)
   side=genres+year (AR, tied head: item content in each item's output embedding)
   ema=D (evaluate and export an exponential moving average of the params, decay D; 0 = off)
-  protocol=standard|multi_target|full_window|selection (docs/stage1.md)
+  protocol=standard|multi_target|full_window|selection|selection_multi (docs/stage1.md)
   synthetic (toy data, no files needed), steps=N
   path=DIR, reviews_file=FILE, meta_file=FILE (the data files; or --config.data.path=...)
 e.g. --config configs/movielens_pretrain.py:model=ar,fusion=late
@@ -41,6 +41,11 @@ PROTOCOLS = {  # name -> data fields (docs/stage1.md, "Protocols").
     # event that no training window holds, as (a)'s test target does.
     'selection': dict(pad_short=True, test_events=1, valid_events=1, min_events=-1,
                       drop_last_events=1),
+    # Model selection with 5x the targets: each timeline without its last 5 events (all
+    # of (b)'s test targets, hence (a)'s, never read), then (b)'s split: the 5 events
+    # before them are the targets (3,050), each with the history before it.
+    'selection_multi': dict(pad_short=True, test_events=5, valid_events=1, min_events=-1,
+                            drop_last_events=5),
 }
 
 

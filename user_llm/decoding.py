@@ -141,7 +141,8 @@ def prefill(model: nn.Module, params: Any, prompts: jax.Array,
 
 def extend(model: nn.Module, params: Any, cache: gemma_lib.Cache, tokens: jax.Array,
            slot_mask: jax.Array, last_pos: jax.Array, user: dict[str, Any], *,
-           last_only: bool = False) -> gemma_lib.DecoderOutput:
+           last_only: bool = False, logits_at: jax.Array | None = None,
+           logits_rows: jax.Array | None = None) -> gemma_lib.DecoderOutput:
   """Runs `tokens` after the filled slots of `cache` (a decode step when T = 1).
 
   New token j is written to slot `end_index + j` and sees the slots of `slot_mask`
@@ -157,6 +158,7 @@ def extend(model: nn.Module, params: Any, cache: gemma_lib.Cache, tokens: jax.Ar
     last_pos: int[B], position of the last cached token (new ones follow it).
     user: `memory_inputs(user)`.
     last_only: only the last position's logits.
+    logits_at, logits_rows: only these positions' logits (`GemmaDecoder.__call__`).
 
   Returns:
     DecoderOutput: logits float[B, T, V] (float[B, V] with `last_only`), new cache.
@@ -171,7 +173,8 @@ def extend(model: nn.Module, params: Any, cache: gemma_lib.Cache, tokens: jax.Ar
   return model.apply(
       {'params': params}, tokens, input_mask=jnp.ones((batch, length), bool),
       positions=last_pos[:, None] + 1 + jnp.arange(length, dtype=jnp.int32)[None],
-      attention_mask=mask, cache=cache, last_only=last_only, **user)
+      attention_mask=mask, cache=cache, last_only=last_only, logits_at=logits_at,
+      logits_rows=logits_rows, **user)
 
 
 @functools.partial(jax.jit,
@@ -233,57 +236,104 @@ def generate(model: nn.Module, params: Any, prompts: jax.Array,
                 sampling=sampling, stop_tokens=tuple(stop_tokens))
 
 
-@functools.partial(jax.jit, static_argnames=('model',))
-def _score_chunk(model: nn.Module, params: Any, ctx: UserContext,
-                 cands: jax.Array) -> jax.Array:
-  """float[B, C] sum of log-probs of candidates int[B, C, A] after the cached prompt."""
+def _token_logp(logits: jax.Array, tokens: jax.Array) -> jax.Array:
+  """float32[...]: log p(token) = logit[token] - logsumexp(logits), for logits
+  float[..., V] and tokens int[...] (never materialises a [..., V] log-softmax)."""
+  logits = logits.astype(jnp.float32)
+  return jnp.take_along_axis(logits, tokens[..., None], -1)[..., 0] - jax.nn.logsumexp(logits, -1)
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'pack'))
+def _score_chunk(model: nn.Module, params: Any, ctx: UserContext, cands: jax.Array,
+                 rows: jax.Array, cols: jax.Array, *, pack: bool = True) -> jax.Array:
+  """float[B, C] sum of log-probs of candidates int[B, C, A] after the cached prompt.
+
+  Token 0 of a candidate is predicted by the prompt's last logits, token j >= 1 by
+  the candidate's position j - 1. With `pack`, only those positions are unembedded:
+  `rows`, `cols` int32[B, N/B] list each real token j >= 1 as (flat candidate
+  b * C + c, j), padded with (0, 0) entries that count nothing (B rows, so a batch-
+  sharded mesh splits the unembedding too). The 262k-way unembedding is about
+  two thirds of a Gemma 3 270M token's FLOPs, and half the [B*C, A] slots are
+  padding (MovieLens titles: 12 tokens on average, chunks padded to the longest).
+  `pack=False` unembeds every slot (the reference the tests and the benchmark compare).
+  """
   b, c, a = cands.shape
+  flat = cands.reshape(b * c, a)
+  first = _token_logp(ctx.logits[:, None], cands[:, :, 0])  # [B, C], one logsumexp per row.
+  first = jnp.where(cands[:, :, 0] != 0, first, 0.0).reshape(b * c)
   # [B, ...] -> [B*C, ...]: the prompt's cache (and the user memory) per candidate.
   ctx = jax.tree.map(lambda x: jnp.repeat(x, c, axis=0), ctx)
-  cands = cands.reshape(b * c, a)
-  res = extend(model, params, ctx.cache, cands, ctx.slot_mask(), ctx.last_pos, ctx.user)
-  # Token 0 of a candidate is predicted by the prompt's last logits, token j by j-1.
-  logits = jnp.concatenate([ctx.logits[:, None], res.logits[:, :-1]], axis=1)
-  # logit[token] - logsumexp(logits): never materialises a [B*C, A, V] log-softmax.
-  logits = logits.astype(jnp.float32)
-  tok_logp = (jnp.take_along_axis(logits, cands[..., None], axis=-1)[..., 0]
-              - jax.nn.logsumexp(logits, axis=-1))
-  return jnp.sum(jnp.where(cands != 0, tok_logp, 0.0), axis=-1).reshape(b, c)
+  if not pack:
+    res = extend(model, params, ctx.cache, flat, ctx.slot_mask(), ctx.last_pos, ctx.user)
+    later = _token_logp(res.logits[:, :-1], flat[:, 1:])  # [B*C, A-1]
+    later = jnp.where(flat[:, 1:] != 0, later, 0.0).sum(-1)
+  else:
+    res = extend(model, params, ctx.cache, flat, ctx.slot_mask(), ctx.last_pos, ctx.user,
+                 logits_at=jnp.maximum(cols - 1, 0), logits_rows=rows)  # logits [B, N/B, V]
+    lp = jnp.where(cols > 0, _token_logp(res.logits, flat[rows, cols]), 0.0)
+    later = jax.ops.segment_sum(lp.ravel(), rows.ravel(), num_segments=b * c)
+  return (first + later).reshape(b, c)
+
+
+def _packed_positions(cands: np.ndarray, per_row: int = 8) -> tuple[np.ndarray, np.ndarray]:
+  """(rows, cols) int32[B, N/B]: every real token j >= 1 of candidates int[B, C, A] as
+  (flat candidate index, j), padded with (0, 0) to a multiple of `per_row` x B entries
+  so that few shapes compile."""
+  b = cands.shape[0]
+  rows, cols = np.nonzero(cands.reshape(-1, cands.shape[-1])[:, 1:] != 0)
+  n = max(1, -(-len(rows) // (per_row * b))) * per_row * b
+  pad = lambda x: np.pad(x.astype(np.int32), (0, n - len(x))).reshape(b, -1)
+  return pad(rows), pad(cols + 1)
 
 
 def score_candidates(model: nn.Module, params: Any, prompts: np.ndarray,
                      candidates: np.ndarray, user: dict[str, Any] | None = None,
-                     chunk: int = 0) -> np.ndarray:
+                     chunk: int = 0, pack: bool = True, by_length: bool = True) -> np.ndarray:
   """Log-likelihood log p(answer | user, prompt) of every candidate answer.
 
   The prompt (and soft prompt) is prefilled once; its cache is then repeated for
   the candidates, each scored in one cached forward. Text prompts are long (about 22
   Gemma tokens per history event), so re-reading them per candidate would cost C
-  times more.
+  times more. Each row's candidates are scored shortest first, so a chunk holds
+  candidates of similar length and runs only as many positions as its longest
+  (rounded up to 8: few compiled shapes); with `pack`, only real tokens are
+  unembedded (`_score_chunk`).
 
   Args:
     model, params: as `prefill`.
     prompts: int32[B, L] left-padded prompts (BOS included).
     candidates: int32[B, C, A] candidate answers (EOS included), right-padded with 0.
     user: `user_inputs`, leading dim B.
-    chunk: score at most this many candidates per call (bounds the [B*C, A, V]
-      logits); 0 = all at once.
+    chunk: score at most this many candidates per call (bounds the decoder's
+      [B*chunk, A] positions); 0 = all at once.
+    pack: unembed only the real answer tokens (False: every slot; same scores).
+    by_length: score each row's candidates shortest first (False: in their order;
+      same scores, chunks then run to about the longest candidate of all).
 
   Returns:
     float32[B, C].
   """
-  # Only the longest candidate's length (rounded up to 8: few compiled shapes) is
-  # scored: candidates are right-padded, and padded positions cost a 262k-way logit.
-  used = int((candidates != 0).any((0, 1)).nonzero()[0].max(initial=0)) + 1
-  candidates = candidates[:, :, :min(candidates.shape[2], -(-used // 8) * 8)]
-  c, a = candidates.shape[1:]
+  candidates = np.asarray(candidates)
+  lengths = (candidates != 0).sum(-1)  # [B, C]
+  order = (np.argsort(lengths, axis=1, kind='stable') if by_length  # Per row, shortest first.
+           else np.broadcast_to(np.arange(lengths.shape[1]), lengths.shape))
+  ranked = np.take_along_axis(candidates, order[..., None], axis=1)
+  c = candidates.shape[1]
   chunk = chunk or c
-  ctx = prefill(model, params, jnp.asarray(prompts), user, a)
+  ranked_len = np.take_along_axis(lengths, order, axis=1)
+  ctx = prefill(model, params, jnp.asarray(prompts), user, candidates.shape[2])
   parts = []
   for start in range(0, c, chunk):
-    part = candidates[:, start:start + chunk]
+    part = ranked[:, start:start + chunk]
     if part.shape[1] < chunk:  # Keep one compiled shape: pad with empty candidates.
       part = np.pad(part, ((0, 0), (0, chunk - part.shape[1]), (0, 0)))
-    scores = _score_chunk(model, params, ctx, jnp.asarray(part))
+    # Only this chunk's longest candidate's positions run (a padded slot costs a token).
+    used = int(ranked_len[:, start:start + chunk].max(initial=1))
+    part = part[:, :, :min(part.shape[2], -(-used // 8) * 8)]
+    rows, cols = _packed_positions(part)
+    scores = _score_chunk(model, params, ctx, jnp.asarray(part), jnp.asarray(rows),
+                          jnp.asarray(cols), pack=pack)
     parts.append(np.asarray(scores)[:, :min(chunk, c - start)])
-  return np.concatenate(parts, axis=1)
+  out = np.empty(candidates.shape[:2], np.float32)
+  np.put_along_axis(out, order, np.concatenate(parts, axis=1), axis=1)
+  return out

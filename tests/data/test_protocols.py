@@ -85,6 +85,20 @@ def test_selection_drops_each_users_last_event(source, tmp_path):
   assert out['item'][-1] == sel.vocabs['item'].id('20') and out['num_events'] == 6
 
 
+def test_dropped_events_are_never_read_by_a_multi_target_split(source, tmp_path):
+  """'selection_multi' in small: drop each user's last 2 events, then 2 targets per user:
+  the dropped events appear in no window, as input or target."""
+  sel = _prepare(source, tmp_path, pad_short=True, drop_last_events=2, test_events=2,
+                 valid_events=1)
+  assert sel.windows('test')[:, :2].tolist() == [[0, 4], [0, 3]]  # User 2: 3 events left.
+  assert sel.windows('validation')[:, :2].tolist() == [[0, 2]]
+  ex = dp.Example(sel, 'next_event', ('item',), dp.ByteTokenizer(), False, 8, 8)
+  for split in ('train', 'validation', 'test'):
+    for w in sel.windows(split):
+      out = ex(np.asarray(w))
+      assert out['num_events'] <= 5  # Events 5 and 6 (movies 20, 30 at t = 5, 6) are gone.
+
+
 def test_protocols_share_the_vocabulary(source, tmp_path):
   full = _prepare(source, tmp_path)  # User 2 is too short for a full window.
   padded = _prepare(source, tmp_path, pad_short=True)

@@ -76,3 +76,26 @@ def test_nll_and_top1_is_cross_entropy_and_argmax():
   grad = jax.grad(lambda x: metrics.nll_and_top1(x, targets)[0].sum())(logits)
   np.testing.assert_allclose(grad, jax.nn.softmax(logits) - jax.nn.one_hot(targets, 37),
                              rtol=1e-5, atol=1e-6)
+
+
+def test_packed_scores_equal_every_slot_scores_in_any_candidate_order():
+  """Scoring only real tokens, shortest candidates first, changes no score."""
+  _, dec, params = _decoder()
+  rng = np.random.default_rng(0)
+  lengths = rng.integers(0, 11, size=(3, 7))  # Ragged, some empty, longer than 8.
+  cands = np.zeros((3, 7, 12), np.int32)
+  for (b, c), n in np.ndenumerate(lengths):
+    cands[b, c, :n] = rng.integers(1, dec.config.num_embed, size=n)
+  prompts = decoding.left_pad([[2, 5, 9, 11], [2, 6], [2, 7, 7]])
+  ref = decoding.score_candidates(dec, params, prompts, cands, {}, chunk=0, pack=False)
+  for chunk in (0, 3):
+    got = decoding.score_candidates(dec, params, prompts, cands, {}, chunk=chunk)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+  assert (ref[lengths == 0] == 0).all() and (ref[lengths > 0] < 0).all()
+  # And both equal the full-sequence likelihood (one candidate per row checked).
+  for b, prompt in enumerate([[2, 5, 9, 11], [2, 6], [2, 7, 7]]):
+    c = int(np.argmax(lengths[b]))
+    ans = cands[b, c, :lengths[b, c]].tolist()
+    logp = jax.nn.log_softmax(dec.apply({'params': params}, jnp.asarray([prompt + ans])).logits[0], -1)
+    want = sum(float(logp[len(prompt) - 1 + j, t]) for j, t in enumerate(ans))
+    np.testing.assert_allclose(ref[b, c], want, rtol=1e-4, atol=1e-4)

@@ -41,6 +41,10 @@ def test_pretrain_variants_build():
               'protocol=selection', 'future=5'):
     movielens_pretrain.get_config(arg)
   assert movielens_pretrain.get_config('protocol=multi_target').data.test_events == 5
+  # Selection with 5 targets per user reads none of (b)'s test targets (hence none of (a)'s).
+  sel = movielens_pretrain.get_config('protocol=selection_multi').data
+  assert sel.drop_last_events == movielens_pretrain.PROTOCOLS['multi_target']['test_events']
+  assert sel.test_events == 5 and sel.protocol == 'selection_multi'
   assert movielens_pretrain.get_config('future=5').model.future_targets == 5
   with pytest.raises(ValueError, match='protocol'):
     movielens_pretrain.get_config('protocol=loo')
