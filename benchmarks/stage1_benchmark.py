@@ -161,11 +161,13 @@ def load_examples(protocol: str, row: str, seeds: list[int],
     if k not in ('user', 'target_index', 'num_events'):
       out[k] = np.mean([r[k] for r in runs], axis=0)
   out['num_seeds'] = len(runs)
+  out['runs_recall@10'] = np.stack([r['recall@10'] for r in runs])  # [S, N]: per seed.
   return out
 
 
 def subset(ex: dict, keep: np.ndarray) -> dict:
-  return {k: (v[keep] if isinstance(v, np.ndarray) else v) for k, v in ex.items()}
+  """The targets where `keep` [N] is True (per-seed [S, N] arrays too)."""
+  return {k: (v[..., keep] if isinstance(v, np.ndarray) else v) for k, v in ex.items()}
 
 
 METRICS = (('recall@1', 'R@1'), ('recall@5', 'R@5'), ('recall@10', 'R@10'),
@@ -193,11 +195,18 @@ def table(protocol: str, examples: dict, results: dict, title: str) -> list[str]
   if base_row is not None:
     base = examples[base_row]
     lines += [f'Paired difference in R@10, {ROWS[base_row][0]} minus the row (same targets, '
-              '95% bootstrap CI over users; an interval without 0 separates the rows):', '']
+              '95% bootstrap CI over users: an interval without 0 separates these trained '
+              'models; then, with 2+ seeds per row, the interval that also resamples each '
+              'row\'s seeds (`stats.bootstrap_runs`): one without 0 separates the '
+              'configurations):', '']
     for row, ex in examples.items():
       if row != base_row and ex is not None:
         d = stats.bootstrap(base['recall@10'] - ex['recall@10'], ex['user'])
-        lines.append(f'- vs {ROWS[row][0]}: {d.fmt()}')
+        line = f'- vs {ROWS[row][0]}: {d.fmt()}'
+        if min(base['num_seeds'], ex['num_seeds']) > 1:
+          both = stats.bootstrap_runs(base['runs_recall@10'], ex['runs_recall@10'], ex['user'])
+          line += f'; seeds and users [{both.lo:.4f}, {both.hi:.4f}]'
+        lines.append(line)
     lines.append('')
   return lines
 
