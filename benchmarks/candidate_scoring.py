@@ -33,6 +33,7 @@ import numpy as np
 from user_llm import checkpointing
 from user_llm import decoding
 from user_llm import experiment
+from user_llm import metrics
 from user_llm import train
 from user_llm.evaluators import candidates
 from user_llm.evaluators import common
@@ -90,7 +91,8 @@ def run(args) -> str:
            f'{exp.config.llm.param_dtype}; eval batch {exp.config.eval.batch_size}, '
            f'{chunk} candidates per call.', '',
            '| task | way | users | s (2nd pass) | candidate GFLOP | GFLOP/s | compiled shapes '
-           '| max abs score diff vs first way | same recall@1 |', '|---|---|---|---|---|---|---|---|---|']
+           '| max abs score diff vs first way | recall@1 | users whose recall@1 differs from the first way\'s |',
+           '|---|---|---|---|---|---|---|---|---|---|']
   for task in exp.config.eval.tasks:
     ranking = candidates.CandidateRanking(exp, task)
     rng = np.random.default_rng(exp.config.eval.seed)
@@ -115,13 +117,16 @@ def run(args) -> str:
       keep = np.concatenate([k for *_, k in inputs])
       s = np.concatenate(scores)[keep]
       tgt = np.concatenate([t_ for *_, t_, _ in inputs])[keep]
-      top1 = s.argmax(1) == tgt
+      # The evaluator's metric (ties count against the target): two candidates with the
+      # same tokens (titles shared by two movies) tie up to float rounding, which
+      # depends on the chunk they were scored in.
+      hit = metrics.recall_at(s, tgt, (1,))['recall@1']
       if ref is None:
-        ref = (s, top1)
+        ref = (s, hit)
       gflop = counter.flops / 1e9
       lines.append(f'| {task} | {name} | {users} | {secs:.1f} | {gflop:.0f} | {gflop / secs:.0f} | '
                    f'{len(counter.per_shape)} | {np.abs(s - ref[0]).max():.2e} | '
-                   f'{bool((top1 == ref[1]).all())} |')
+                   f'{hit.mean():.3f} | {int((hit != ref[1]).sum())} |')
       print(lines[-1], flush=True)
   lines += ['', 'GFLOP: the candidate calls only (`decoding._score_chunk`); each task\'s '
             'prefill is the same for the three ways and excluded from the column, not from '
