@@ -68,6 +68,38 @@ def test_encoder_cache_equals_full_call(fusion, norm):
   assert int(cache[enc.transformer_names[0]]['index'][0]) == S
 
 
+def test_encoder_cache_with_time_features_equals_full_call():
+  """Appended events' gaps read the last held timestamp (carried in the cache), so
+  event-time features give the same outputs cached as in a full call."""
+  enc = ue.UserEncoder(FrozenDict(VOCABS), FrozenDict(item=8, genre=4, rating=4, gap=4, year=4),
+                       d_model=16, num_heads=2, mlp_dim=32, max_len=S,
+                       time_features=('gap', 'year'))
+  events = _events(S)
+  gaps = np.asarray([0, 5, 5000, 0, 3, 10 ** 6, 60, 10 ** 7], np.int64)
+  events['timestamp'] = (1_000_000_000 + np.cumsum(gaps)).astype(np.int32)
+  params = _perturbed(enc.init(jax.random.PRNGKey(0), _batch(events), jnp.ones((1, S), bool))['params'])
+  full = enc.apply({'params': params}, _batch(events), jnp.ones((1, S), bool))
+  cache = ue.init_cache(enc, 1)
+  for t in range(S):
+    if t == 5:  # The carried timestamp matters: another one changes the new event's gap.
+      other = dict(cache, transformer=dict(cache['transformer'], last_timestamp=jnp.asarray(
+          events['timestamp'][t - 1:t] - 10 ** 8)))
+      h, _ = enc.apply({'params': params}, _batch(events, t, t + 1), jnp.ones((1, 1), bool),
+                       cache=other)
+      assert _max_diff(h[0, 0], full[0, t]) > 1e-3
+    h, cache = enc.apply({'params': params}, _batch(events, t, t + 1), jnp.ones((1, 1), bool),
+                         cache=cache)
+    assert _max_diff(h[0, 0], full[0, t]) <= TOL, t
+    assert int(cache['transformer']['last_timestamp'][0]) == events['timestamp'][t]
+  cache = ue.init_cache(enc, 1)  # Chunks of 3 and 5, the second right-padded to 8.
+  h1, cache = enc.apply({'params': params}, _batch(events, 0, 3), jnp.ones((1, 3), bool),
+                        cache=cache)
+  padded = {f: jnp.pad(v, ((0, 0), (0, 3))) for f, v in _batch(events, 3, S).items()}
+  h2, cache = enc.apply({'params': params}, padded, jnp.arange(8)[None] < 5, cache=cache)
+  assert _max_diff(jnp.concatenate([h1, h2[:, :5]], 1), full) <= TOL
+  assert int(cache['transformer']['last_timestamp'][0]) == events['timestamp'][-1]
+
+
 def test_bidirectional_encoder_has_no_cache():
   enc = dataclasses.replace(_encoder(), causal=False)
   events = _events(2)

@@ -271,12 +271,15 @@ class UserEncoder(nn.Module):
     names = sorted(self.vocab_sizes)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     embs, ids = {}, dict(features)
+    previous = None
     if self.time_features:
-      if self.fusion != 'early' or cache is not None:
-        raise ValueError('time_features need early fusion and a full (uncached) call; got '
-                         f'fusion={self.fusion!r}, cache={cache is not None}.')
+      if self.fusion != 'early':
+        raise ValueError(f'time_features need early fusion, got fusion={self.fusion!r}.')
+      if cache is not None:  # The first new event's gap is to the last held one.
+        held = cache['transformer']
+        previous = (held['last_timestamp'], held['index'] > 0)
       ids.update(time_ids(features['timestamp'], mask, self.time_features,
-                          self.time_origin_year))
+                          self.time_origin_year, previous))
       names = sorted(names + list(self.time_features))
     for f in names:
       size = TIME_BUCKETS if f in self.time_features else self.vocab_sizes[f]
@@ -287,6 +290,10 @@ class UserEncoder(nn.Module):
       x = jnp.concatenate([embs[f] for f in names], axis=-1)
       x = nn.Dense(self.d_model, name='fuse', **kw)(x)
       h = run('transformer', x)
+      if previous is not None:  # Carry the newest timestamp (new events right-padded).
+        n = mask.sum(-1)
+        last = jnp.take_along_axis(features['timestamp'], jnp.maximum(n - 1, 0)[:, None], 1)
+        new_cache['transformer']['last_timestamp'] = jnp.where(n > 0, last[:, 0], previous[0])
     elif self.fusion == 'late':
       outs = []
       for f in names:
@@ -308,8 +315,8 @@ TIME_BUCKETS = 32  # Ids of each time feature: 0 pad, 1 unknown, 2.. buckets (cl
 _SECONDS_PER_YEAR = 31_556_952  # Mean Gregorian year.
 
 
-def time_ids(timestamp: Array, mask: Array, names: Sequence[str],
-             origin_year: int) -> dict[str, Array]:
+def time_ids(timestamp: Array, mask: Array, names: Sequence[str], origin_year: int,
+             previous: tuple[Array, Array] | None = None) -> dict[str, Array]:
   """Bucketed event-time ids int32 [B, U] in [0, TIME_BUCKETS), one per name.
 
   Args:
@@ -318,13 +325,20 @@ def time_ids(timestamp: Array, mask: Array, names: Sequence[str],
     names: 'gap' (2 + floor(log2(1 + seconds since the previous real event)); 1 for
       the window's first event, whose predecessor is outside it) and/or 'year'
       (2 + calendar year - origin_year, clipped).
+    origin_year: the year of year bucket 2.
+    previous: for events appended after held ones (KV-cached call, right-padded):
+      (int32 [B] timestamp of the last held event, bool [B] whether there is one),
+      the predecessor of position 0.
   """
   out = {}
   for name in names:
     if name == 'gap':
-      # Difference in integers: float32 resolves only ~64 s at 1e9 seconds.
-      delta = timestamp - jnp.pad(timestamp[:, :-1], ((0, 0), (1, 0)))
+      prev = jnp.pad(timestamp[:, :-1], ((0, 0), (1, 0)))
       has_prev = jnp.pad(mask[:, :-1], ((0, 0), (1, 0)))
+      if previous is not None:
+        prev, has_prev = prev.at[:, 0].set(previous[0]), has_prev.at[:, 0].set(previous[1])
+      # Difference in integers: float32 resolves only ~64 s at 1e9 seconds.
+      delta = timestamp - prev
       gap = jnp.floor(jnp.log2(1.0 + jnp.maximum(delta, 0).astype(jnp.float32)))
       gap = gap.astype(jnp.int32)
       b = jnp.where(has_prev, 2 + jnp.minimum(gap, TIME_BUCKETS - 3), 1)
@@ -342,7 +356,8 @@ def init_cache(encoder: UserEncoder, batch: int) -> dict[str, dict[str, Array]]:
 
   Returns:
     {transformer scope: {'index': int32[B] zeros (events held), 'layer_{i}': {'k', 'v':
-    [B, max_len, N, H]}}}: one entry per `encoder.transformer_names`.
+    [B, max_len, N, H]}}}: one entry per `encoder.transformer_names`; with time
+    features also 'last_timestamp' int32[B] in 'transformer'.
   """
   shape = (batch, encoder.max_len, encoder.num_heads, encoder.d_model // encoder.num_heads)
   def one():
@@ -350,7 +365,10 @@ def init_cache(encoder: UserEncoder, batch: int) -> dict[str, dict[str, Array]]:
                              'v': jnp.zeros(shape, encoder.dtype)}
               for i in range(encoder.num_layers)}
     return {'index': jnp.zeros((batch,), jnp.int32), **layers}
-  return {name: one() for name in encoder.transformer_names}
+  cache = {name: one() for name in encoder.transformer_names}
+  if encoder.time_features:  # The newest held event's time (the next one's gap).
+    cache['transformer']['last_timestamp'] = jnp.zeros((batch,), jnp.int32)
+  return cache
 
 
 def encoder_from_config(mc, vocab_sizes: Mapping[str, int], max_len: int, causal: bool = True,

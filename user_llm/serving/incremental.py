@@ -153,7 +153,8 @@ class IncrementalMemory:
 
   @property
   def features(self) -> tuple[str, ...]:
-    return tuple(sorted(self.encoder.vocab_sizes))
+    """The event arrays the encoder reads ('timestamp' too with time features)."""
+    return ue.input_names(sorted(self.encoder.vocab_sizes), self.encoder.time_features)
 
   def _run(self, state, events: Mapping[str, np.ndarray], user):
     """Appends `events` (feature -> int[n], n <= free slots) in one padded call."""

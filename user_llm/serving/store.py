@@ -44,7 +44,9 @@ CREATE TABLE IF NOT EXISTS memory (
 """
 
 # Event columns that are the encoder's features, by feature name.
-FEATURE_COLUMNS = {'item': 'item_id', 'genre': 'genre_id', 'rating': 'rating_id'}
+# Encoder input -> events column ('timestamp': seconds, read by time-feature encoders).
+FEATURE_COLUMNS = {'item': 'item_id', 'genre': 'genre_id', 'rating': 'rating_id',
+                   'timestamp': 'timestamp'}
 
 
 @dataclasses.dataclass(frozen=True)
