@@ -9,6 +9,21 @@ checkpoint: the runs must share an encoder architecture). Rows: each pretrained
 encoder, the same architecture randomly initialised (3 init seeds), each pooled two
 ways (the last output; the mean of all outputs), the history's bag of genres, and the
 majority class. Writes a JSON of the estimates.
+
+  python -m benchmarks.stage1_probe --next_event \
+      --workdir workdirs/stage1/multi_target/ar_early_future_s0 \
+      --out benchmarks/stage1_probe_next.json
+
+Next-event probes (`--next_event`) on the run's own protocol, e.g. (b) multi_target:
+3,050 held-out targets (each user's last 5 events, each with the history before it),
+which neither the encoder nor the probe ever trained on. The probe reads the encoder's
+output at each scored position and predicts the next event's genre (20 classes) and
+item (a linear softmax over the whole catalogue: Recall@K, NDCG@10); it is fitted on
+the last `loss_last_k` positions of every training window (the targets stage 1
+trains on), its L2 weight chosen per row on the validation targets. Rows: each
+pretrained encoder, the same architecture randomly initialised (3 init seeds), the
+pretrained run's own heads (a reference, not a probe), and constant features (the
+probe then learns the label prior: popularity for items).
 """
 
 import argparse
@@ -23,9 +38,11 @@ import data_pipelines as dp
 from configs import movielens_pretrain
 from user_llm import checkpointing
 from user_llm import experiment
+from user_llm import metrics as metrics_lib
 from user_llm import probe
 from user_llm import pretrain
 from user_llm import sharding
+from user_llm import stats
 
 _COL = {c: i for i, c in enumerate(dp.COLUMNS)}  # Columns of a stored timeline.
 
@@ -96,6 +113,100 @@ def encoder_features(exp, params, feats, mask, batch_size: int = 512) -> np.ndar
   return np.concatenate(out)[:n]
 
 
+def next_event_data(exp, params, split: str, last_k: int, own_heads: bool = False,
+                    batch_size: int = 256) -> dict[str, np.ndarray]:
+  """Encoder outputs at the scored positions of `split` and their next events.
+
+  'train': the last `last_k` positions of every training window (both the position
+  and its next event real); other splits: each window's last history position,
+  whose next event is the held-out target (kept as the catalogue evaluator keeps it).
+
+  Returns:
+    x float32 [N, D], item / genre int [N] (the next event's ids), user int [N]; with
+    `own_heads`, own_item / own_genre float32 [N, V]: the run's own head logits.
+  """
+  k = last_k if split == 'train' else 1
+
+  @jax.jit
+  def embed(params, feats, mask):
+    hist = {f: x[:, :-1] for f, x in feats.items()}
+    if own_heads:
+      h, logits = exp.model.apply({'params': params}, hist, mask[:, :-1], last_k=k)
+      return h[:, -k:], {f: l[:, -k:] for f, l in logits.items()}
+    h = exp.model.apply({'params': params}, hist, mask[:, :-1],
+                        method=lambda m, f, m2: m.user_encoder(f, m2))
+    return h[:, -k:], {}
+
+  cols = {name: [] for name in ('x', 'item', 'genre', 'user', 'own_item', 'own_genre')}
+  for batch in exp.dataset(split, batch_size, 0, 1, drop_remainder=False):
+    h, logits = jax.device_get(embed(params, exp.inputs(batch), batch['mask']))
+    mask = batch['mask']
+    keep = (mask[:, -k - 1:-1] & mask[:, -k:]) & batch['example_mask'][:, None]
+    if split != 'train':
+      keep &= batch['item'][:, -1:] > 0
+    cols['x'].append(h[keep])
+    for f in ('item', 'genre'):
+      cols[f].append(batch[f][:, -k:][keep])
+      if own_heads:
+        cols[f'own_{f}'].append(logits[f][keep])
+    cols['user'].append(np.broadcast_to(batch['user'][:, None], keep.shape)[keep])
+  return {name: np.concatenate(v) for name, v in cols.items() if v}
+
+
+def next_event_main(args) -> None:
+  """Next-event genre and item probes (see the module docstring)."""
+  workdirs = args.workdir.split(',')
+  config = experiment.read_config(os.path.join(workdirs[0], 'config.json'))
+  exp = experiment.build(config, sharding.make_mesh(config.mesh))
+  last_k = config.model.loss_last_k or exp.prepared.history_len
+  encoders = {f'pretrained {os.path.basename(wd)}': checkpointing.load_params(wd)
+              for wd in workdirs}
+  for s in args.random_seeds.split(','):
+    encoders[f'random encoder (init seed {s})'] = exp.init_params(jax.random.key(1000 + int(s)))
+  num = {'genre': exp.prepared.vocabs['genre'].size, 'item': exp.prepared.vocabs['item'].size}
+  l2s = [float(v) for v in args.l2.split(',')]
+  results = {'workdir': workdirs, 'protocol': config.data.protocol, 'rows': {},
+             'l2_grid': l2s, 'item_steps': args.item_steps, 'item_batch': args.item_batch}
+
+  def probe_row(name, fit, valid, test):
+    row = results['rows'][name] = {'fit_targets': int(len(fit['item']))}
+    for label in ('genre', 'item'):
+      kw = (dict(ks=(1, 5, 10), num_special=dp.NUM_RESERVED, steps=args.item_steps,
+                 batch_size=args.item_batch) if label == 'item' else {})
+      metric = 'recall@10' if label == 'item' else 'accuracy'
+      score_kw = {k: kw.pop(k) for k in ('ks', 'num_special') if k in kw}
+      # L2 weight by the validation targets (one per user), never the test ones.
+      fits = {l2: probe.fit_logreg(fit['x'], fit[label], num[label], l2=l2, **kw)
+              for l2 in l2s}
+      best = max(l2s, key=lambda l2: probe.score(
+          *fits[l2], valid['x'], valid[label], valid['user'], **score_kw)[0][metric].mean)
+      est, _ = probe.score(*fits[best], test['x'], test[label], test['user'], **score_kw)
+      row[label] = {k: _triple(e) for k, e in est.items()}
+      row[label]['l2'] = best
+      print(f'{name:45s} next {label:6s} l2={best:g} ' +
+            ' '.join(f'{k} {e}' for k, e in est.items()), flush=True)
+
+  for name, params in encoders.items():
+    pretrained = name.startswith('pretrained')
+    fit = next_event_data(exp, params, 'train', last_k)
+    valid = next_event_data(exp, params, 'validation', last_k)
+    test = next_event_data(exp, params, 'test', last_k, own_heads=pretrained)
+    probe_row(name, fit, valid, test)
+    if pretrained:  # The run's own trained heads on the same targets (not a probe).
+      excl = metrics_lib.exclusion_mask(None, *test['own_item'].shape, dp.NUM_RESERVED)
+      per = metrics_lib.rank_metrics(test['own_item'], test['item'], excl, (1, 5, 10))
+      own = {k: _triple(stats.bootstrap(np.asarray(v), test['user'])) for k, v in per.items()}
+      acc = (test['own_genre'].argmax(-1) == test['genre']).astype(np.float32)
+      results['rows'][f'{name}: its own heads'] = {
+          'item': own, 'genre': {'accuracy': _triple(stats.bootstrap(acc, test['user']))}}
+    if name == next(iter(encoders)):  # Constant features: the probe learns the prior.
+      const = {split: dict(d, x=np.ones((len(d['x']), 1), np.float32))
+               for split, d in (('fit', fit), ('valid', valid), ('test', test))}
+      probe_row('constant features (label prior)', const['fit'], const['valid'], const['test'])
+  with open(args.out, 'w') as f:
+    json.dump(results, f, indent=1)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--workdir', default='workdirs/stage1/standard/ar_early_s0,'
@@ -106,7 +217,18 @@ def main():
   parser.add_argument('--folds', type=int, default=5)
   parser.add_argument('--random_seeds', default='0,1,2')
   parser.add_argument('--out', default='benchmarks/stage1_probe.json')
+  parser.add_argument('--next_event', action='store_true',
+                      help='Next-event genre / item probes on the run\'s own protocol.')
+  parser.add_argument('--l2', default='1e-6,1e-5,1e-4,1e-3',
+                      help='--next_event: L2 weights tried on the validation targets.')
+  parser.add_argument('--item_steps', type=int, default=1500,
+                      help='--next_event: Adam steps of the item probe.')
+  parser.add_argument('--item_batch', type=int, default=1024,
+                      help='--next_event: minibatch of the item probe.')
   args = parser.parse_args()
+  if args.next_event:
+    next_event_main(args)
+    return
 
   workdirs = args.workdir.split(',')
   exp = load_experiment(workdirs[0])

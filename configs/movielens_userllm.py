@@ -159,6 +159,10 @@ def get_config(arg: str | None = None, dataset: str = 'movielens') -> ml_collect
   c.eval.ks = (1, 5, 10)
   c.eval.max_batches = 16  # 64 test users per task; -1 = all.
   c.eval.seed = 0  # Negative sampling.
+  # Counterfactual check (benchmarks/stage2_shuffle.py): > 0 makes each test user's
+  # model read the history of the user this many real rows later in its batch
+  # (cyclically), prompt, candidates and answer staying the user's own; 0 = off.
+  c.eval.shuffle_users = 0
   # LoRA adapters (trained in float32) evaluated in llm.param_dtype: keeps a bf16
   # Gemma's projections and KV cache in bf16 (~1.9x faster on CPU; userllm.inference_params).
   c.eval.lora_in_param_dtype = True

@@ -16,6 +16,11 @@ Protocol (`cross_fit`): users are split into `folds` groups; the probe for fold 
 is trained on TRAINING windows of the other folds' users and scored on the TEST
 window of fold f's users, so every test user is scored by a probe that never saw
 them, and the accuracy comes with a bootstrap CI over users.
+
+Next-event probes (`score`, benchmarks/stage1_probe.py --next_event): the label is
+the event after a position (its genre, or its item ranked over the catalogue), the
+probe is fitted on training positions and scored on held-out events that neither it
+nor the encoder trained on, so no user needs to be held out.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from user_llm import metrics as metrics_lib
 from user_llm import stats
 
 
@@ -49,12 +55,18 @@ class ProbeData:
 
 
 def fit_logreg(x: np.ndarray, y: np.ndarray, num_classes: int, *, l2: float = 1e-3,
-               steps: int = 300, lr: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
-  """Multinomial logistic regression by full-batch Adam on standardised features.
+               steps: int = 300, lr: float = 0.05, batch_size: int = 0,
+               seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """Multinomial logistic regression by Adam on standardised features.
 
   Args:
     x: float [N, F]; y: int [N] in [0, num_classes).
     l2: weight penalty (on the standardised scale).
+    steps: Adam steps.
+    batch_size: 0 = full batch; else each step reads `batch_size` examples of a
+      fresh permutation per pass (what a large label set needs: full-batch logits
+      of 100k windows x 9.7k items would not fit in memory).
+    seed: the minibatch order.
 
   Returns:
     (W [F, C], b [C]) on the raw features (the standardisation folded in):
@@ -65,23 +77,31 @@ def fit_logreg(x: np.ndarray, y: np.ndarray, num_classes: int, *, l2: float = 1e
   yj = jnp.asarray(y)
   params = {'w': jnp.zeros((x.shape[1], num_classes)), 'b': jnp.zeros((num_classes,))}
   tx = optax.adam(lr)
+  if batch_size:
+    rng = np.random.default_rng(seed)
+    passes = -(-steps * batch_size // len(y))
+    order = np.concatenate([rng.permutation(len(y)) for _ in range(passes)])
+    batches = jnp.asarray(order[:steps * batch_size].reshape(steps, batch_size))
+  else:
+    batches = jnp.zeros((steps, 0), jnp.int32)
 
-  def loss(p):
-    logits = xs @ p['w'] + p['b']
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, yj).mean()
+  def loss(p, idx, xs, yj):
+    xb, yb = (xs[idx], yj[idx]) if batch_size else (xs, yj)
+    logits = xb @ p['w'] + p['b']
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
     return ce + l2 * jnp.sum(p['w'] ** 2)
 
-  @jax.jit
-  def run(p):
-    def body(carry, _):
+  @jax.jit  # The data are arguments: as closed-over constants XLA would fold them.
+  def run(p, batches, xs, yj):
+    def body(carry, idx):
       p, s = carry
-      g = jax.grad(loss)(p)
+      g = jax.grad(loss)(p, idx, xs, yj)
       u, s = tx.update(g, s, p)
       return (optax.apply_updates(p, u), s), None
-    (p, _), _ = jax.lax.scan(body, (p, tx.init(p)), None, length=steps)
+    (p, _), _ = jax.lax.scan(body, (p, tx.init(p)), batches)
     return p
 
-  p = jax.device_get(run(params))
+  p = jax.device_get(run(params, batches, xs, yj))
   w = p['w'] / sd[:, None]
   return np.asarray(w), np.asarray(p['b'] - (mu / sd) @ p['w'])
 
@@ -114,3 +134,32 @@ def majority(data: ProbeData, label: str) -> stats.Estimate:
   y = data.labels[label]
   top = np.bincount(y[~data.is_test]).argmax()
   return stats.bootstrap(y[data.is_test] == top, data.users[data.is_test])
+
+
+def score(w: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.ndarray, users: np.ndarray,
+          *, ks: tuple[int, ...] = (), num_special: int = 0
+          ) -> tuple[dict[str, stats.Estimate], dict[str, np.ndarray]]:
+  """A fitted probe (`fit_logreg`'s W, b) scored on held-out targets.
+
+  For next-event labels: the held-out events were never a training target of the
+  encoder nor of the probe, so no cross-fitting over users is needed.
+
+  Args:
+    x, y: float [M, F], int [M]: the held-out targets.
+    users: int [M], the user of each (the bootstrap's unit).
+    ks: () = top-1 accuracy; else Recall@K and NDCG@10 over every class >=
+      `num_special` (classes below it, pad and OOV, are never candidates, and a
+      target among them is a miss), with the tie rule of `user_llm.metrics`.
+
+  Returns:
+    (name -> estimate with a 95% bootstrap CI over users, name -> per-target values).
+  """
+  logits = x @ w + b
+  if ks:
+    excl = metrics_lib.exclusion_mask(None, *logits.shape, num_special)
+    per = metrics_lib.rank_metrics(logits, y, excl, tuple(ks))
+    known = y >= num_special
+    per = {k: np.asarray(v) * known for k, v in per.items()}
+  else:
+    per = {'accuracy': (logits.argmax(-1) == y).astype(np.float32)}
+  return {k: stats.bootstrap(v, users) for k, v in per.items()}, per

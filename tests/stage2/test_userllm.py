@@ -212,3 +212,29 @@ def test_stage1_time_and_item_content_options_reach_stage2(tiny_movielens, tmp_p
   # The fixture's events are in 1970 (year bucket 2); 30 years on is bucket 7.
   later = dict(batch, timestamp=batch['timestamp'] + 30 * ue._SECONDS_PER_YEAR)
   assert not np.allclose(memory(batch), memory(later))
+
+
+def test_shuffle_users_feeds_each_user_another_real_users_history(tiny_movielens, tmp_path,
+                                                                  stage1_workdir):
+  """config.eval.shuffle_users (benchmarks/stage2_shuffle.py): the prompt stays the
+  user's own; the user side is that of the next real row; padding rows are kept."""
+  from user_llm.evaluators import common
+  cfg = _config(tiny_movielens, tmp_path, stage1_workdir)
+  cfg.eval.batch_size = 4
+  exp = _exp(cfg)
+  params = exp.load_pretrained(exp.init_params(jax.random.PRNGKey(0)))
+  batch = next(common.eval_batches(exp, 'next_item'))
+  batch = {k: np.asarray(v) for k, v in batch.items()}
+  batch['example_mask'][-1] = False  # A padding row, as in a last batch.
+  real = np.flatnonzero(batch['example_mask'])
+  assert len(real) >= 2
+  prompts, own = common.llm_inputs(exp, params, batch)
+  exp.config.eval.shuffle_users = 1
+  prompts2, other = common.llm_inputs(exp, params, batch)
+  np.testing.assert_array_equal(prompts, prompts2)
+  rows = np.arange(len(batch['example_mask']))
+  rows[real] = np.roll(real, -1)
+  assert not np.array_equal(rows, np.arange(len(rows)))
+  np.testing.assert_array_equal(other['memory_mask'], own['memory_mask'][rows])
+  for a, b in zip(jax.tree.leaves(other['memory_kv']), jax.tree.leaves(own['memory_kv'])):
+    np.testing.assert_allclose(a, np.asarray(b)[rows], rtol=1e-5, atol=1e-6)

@@ -74,8 +74,13 @@ def llm_inputs(exp, params, batch) -> tuple[np.ndarray, dict]:
     if p:
       prompts[r, -p:] = batch['tokens'][r, :p]
   prompts[~keep, -1] = exp.tokenizer.bos_id  # Padding rows: a harmless prompt.
-  feats = {f: jnp.asarray(batch[f]) for f in exp.encoder_inputs}
-  return prompts, ul.user_inputs(exp.model, params, feats, jnp.asarray(batch['mask']))
+  rows = np.arange(len(keep))
+  shift = exp.config.eval.get('shuffle_users', 0)
+  if shift:  # Counterfactual: another real user's history (config.eval.shuffle_users).
+    real = rows[keep]
+    rows[real] = np.roll(real, -shift)
+  feats = {f: jnp.asarray(batch[f][rows]) for f in exp.encoder_inputs}
+  return prompts, ul.user_inputs(exp.model, params, feats, jnp.asarray(batch['mask'][rows]))
 
 
 def eval_batches(exp, task: str):

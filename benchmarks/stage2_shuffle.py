@@ -1,0 +1,99 @@
+r"""Does the trained User-LLM read the user? Its scores with another user's history.
+
+For each trained stage-2 row (a workdir of benchmarks/stage2.py), every test user is
+scored again with the encoder reading ANOTHER test user's history (the next real row
+of the same evaluation batch, `config.eval.shuffle_users=1`), while the prompt, the
+candidates and the true answer stay the user's own. The difference from the row's own
+scores (its eval_examples.json: same users, same candidates, same order) is what the
+user side contributes; 95% bootstrap CIs over users, paired.
+
+  python -m benchmarks.stage2_shuffle --workdirs workdirs/stage2_bench/xattn_L200 \
+      --out benchmarks/stage2_shuffle.md
+
+A row whose scores do not move when the history is swapped answers from the prompt
+and the answer prior alone.
+"""
+
+import json
+import os
+import time
+
+from absl import app
+from absl import flags
+import numpy as np
+
+_WORKDIRS = flags.DEFINE_list('workdirs', ['workdirs/stage2_bench/xattn_L200'],
+                              'Trained stage-2 row workdirs.')
+_SHIFT = flags.DEFINE_integer('shift', 1, 'Each user reads the history of the user this '
+                              'many real rows later in its batch.')
+_OUT = flags.DEFINE_string('out', 'benchmarks/stage2_shuffle.md', 'Markdown table.')
+_JSON = flags.DEFINE_string('json', 'benchmarks/stage2_shuffle.json', 'Per-row results.')
+
+
+def shuffled_examples(workdir: str, shift: int) -> tuple[dict, float]:
+  """Per-example results of the row's evaluators with shuffled histories, seconds."""
+  from user_llm import checkpointing  # pylint: disable=g-import-not-at-top
+  from user_llm import experiment  # pylint: disable=g-import-not-at-top
+  from user_llm import sharding  # pylint: disable=g-import-not-at-top
+  config = experiment.read_config(os.path.join(workdir, 'config.json'))
+  config.eval.shuffle_users = shift
+  exp = experiment.build(config, sharding.make_mesh(config.mesh))
+  params = exp.inference_params(checkpointing.load_params(workdir))
+  t0 = time.time()
+  out = {}
+  for evaluator in exp.evaluators():
+    _, examples = evaluator.run(params)
+    out[evaluator.task] = {k: np.asarray(v) for k, v in examples.items()}
+  return out, time.time() - t0
+
+
+def compare(own: dict, shuffled: dict) -> dict[str, dict[str, list[float]]]:
+  """task/metric -> {'own', 'shuffled', 'own - shuffled'}: [mean, lo, hi] each."""
+  from user_llm import stats  # pylint: disable=g-import-not-at-top
+  rows = {}
+  for task, cols in shuffled.items():
+    mine = {k: np.asarray(v) for k, v in own[task].items()}
+    if not np.array_equal(mine['user'], cols['user']):
+      raise ValueError(f'{task}: the shuffled pass scored other users than the row did.')
+    for metric in sorted(k for k in cols if k != 'user'):
+      users = cols['user']
+      est = {'own': stats.bootstrap(mine[metric], users),
+             'shuffled': stats.bootstrap(cols[metric], users),
+             'own - shuffled': stats.bootstrap(mine[metric] - cols[metric], users)}
+      rows[f'{task}/{metric}'] = {k: [e.mean, e.lo, e.hi] for k, e in est.items()}
+  return rows
+
+
+def main(argv):
+  del argv
+  results = {}
+  if os.path.exists(_JSON.value):
+    with open(_JSON.value) as f:
+      results = json.load(f)
+  for wd in _WORKDIRS.value:
+    with open(os.path.join(wd, 'eval_examples.json')) as f:
+      own = json.load(f)
+    shuffled, seconds = shuffled_examples(wd, _SHIFT.value)
+    results[os.path.basename(wd)] = {'workdir': wd, 'shift': _SHIFT.value,
+                                     'eval_s': round(seconds), 'metrics': compare(own, shuffled)}
+    with open(_JSON.value, 'w') as f:
+      json.dump(results, f, indent=1)
+  lines = ['# Stage 2: scores with another user\'s history (counterfactual)', '',
+           f'Command: `python -m benchmarks.stage2_shuffle --workdirs {",".join(_WORKDIRS.value)}`',
+           '(each test user reads the history of the next real user of its evaluation batch;',
+           'prompt, candidates and answer its own). [lo, hi]: 95% bootstrap CI over users;',
+           'the difference is paired per user.', '',
+           '| row | metric | own history | another user\'s history | own - another | eval s |',
+           '|---|---|---|---|---|---|']
+  fmt = lambda t: f'{t[0]:.3f} [{t[1]:.3f}, {t[2]:.3f}]'
+  for row, r in results.items():
+    for metric, m in r['metrics'].items():
+      lines.append(f'| {row} | {metric} | {fmt(m["own"])} | {fmt(m["shuffled"])} | '
+                   f'{fmt(m["own - shuffled"])} | {r["eval_s"]} |')
+  with open(_OUT.value, 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  print('\n'.join(lines))
+
+
+if __name__ == '__main__':
+  app.run(main)
