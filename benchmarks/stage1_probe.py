@@ -168,6 +168,9 @@ def next_event_main(args) -> None:
   results = {'workdir': workdirs, 'protocol': config.data.protocol, 'rows': {},
              'l2_grid': l2s, 'item_steps': args.item_steps, 'item_batch': args.item_batch}
 
+  hits = {}  # (row, label) -> per-test-target accuracy / Recall@10, for paired differences.
+  users = None
+
   def probe_row(name, fit, valid, test):
     row = results['rows'][name] = {'fit_targets': int(len(fit['item']))}
     for label in ('genre', 'item'):
@@ -180,7 +183,8 @@ def next_event_main(args) -> None:
               for l2 in l2s}
       best = max(l2s, key=lambda l2: probe.score(
           *fits[l2], valid['x'], valid[label], valid['user'], **score_kw)[0][metric].mean)
-      est, _ = probe.score(*fits[best], test['x'], test[label], test['user'], **score_kw)
+      est, per = probe.score(*fits[best], test['x'], test[label], test['user'], **score_kw)
+      hits[name, label] = per[metric]
       row[label] = {k: _triple(e) for k, e in est.items()}
       row[label]['l2'] = best
       print(f'{name:45s} next {label:6s} l2={best:g} ' +
@@ -191,6 +195,10 @@ def next_event_main(args) -> None:
     fit = next_event_data(exp, params, 'train', last_k)
     valid = next_event_data(exp, params, 'validation', last_k)
     test = next_event_data(exp, params, 'test', last_k, own_heads=pretrained)
+    if users is None:
+      users = test['user']
+    elif not np.array_equal(users, test['user']):
+      raise ValueError(f'{name}: other test targets than the first row.')
     probe_row(name, fit, valid, test)
     if pretrained:  # The run's own trained heads on the same targets (not a probe).
       excl = metrics_lib.exclusion_mask(None, *test['own_item'].shape, dp.NUM_RESERVED)
@@ -203,6 +211,16 @@ def next_event_main(args) -> None:
       const = {split: dict(d, x=np.ones((len(d['x']), 1), np.float32))
                for split, d in (('fit', fit), ('valid', valid), ('test', test))}
       probe_row('constant features (label prior)', const['fit'], const['valid'], const['test'])
+  # Paired over the same targets: each pretrained row minus every other probe row.
+  results['paired'] = {}
+  for (a, label), va in hits.items():
+    if not a.startswith('pretrained'):
+      continue
+    for (b, label_b), vb in hits.items():
+      if label_b == label and b != a:
+        est = stats.bootstrap(va - vb, users)
+        results['paired'][f'{a} - {b}: next {label}'] = _triple(est)
+        print(f'{a} - {b}: next {label} {est}', flush=True)
   with open(args.out, 'w') as f:
     json.dump(results, f, indent=1)
 

@@ -11,7 +11,8 @@ user side contributes; 95% bootstrap CIs over users, paired.
       --out benchmarks/stage2_shuffle.md
 
 A row whose scores do not move when the history is swapped answers from the prompt
-and the answer prior alone.
+and the answer prior alone. Rows accumulate in `--json`; `--workdirs=` (empty) only
+rewrites `--out` from it.
 """
 
 import json
@@ -22,7 +23,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
-_WORKDIRS = flags.DEFINE_list('workdirs', ['workdirs/stage2_bench/xattn_L200'],
+_WORKDIRS = flags.DEFINE_list('workdirs', [],
                               'Trained stage-2 row workdirs.')
 _SHIFT = flags.DEFINE_integer('shift', 1, 'Each user reads the history of the user this '
                               'many real rows later in its batch.')
@@ -74,13 +75,16 @@ def main(argv):
     with open(os.path.join(wd, 'eval_examples.json')) as f:
       own = json.load(f)
     shuffled, seconds = shuffled_examples(wd, _SHIFT.value)
-    results[os.path.basename(wd)] = {'workdir': wd, 'shift': _SHIFT.value,
+    results[os.path.basename(os.path.dirname(wd.rstrip('/'))) + '/' + os.path.basename(wd)] = {
+        'workdir': wd, 'shift': _SHIFT.value,
                                      'eval_s': round(seconds), 'metrics': compare(own, shuffled)}
     with open(_JSON.value, 'w') as f:
       json.dump(results, f, indent=1)
   lines = ['# Stage 2: scores with another user\'s history (counterfactual)', '',
-           f'Command: `python -m benchmarks.stage2_shuffle --workdirs {",".join(_WORKDIRS.value)}`',
-           '(each test user reads the history of the next real user of its evaluation batch;',
+           'Command: `python -m benchmarks.stage2_shuffle --workdirs ROW_WORKDIR` (rows accumulate',
+           'in benchmarks/stage2_shuffle.json). Each test user reads the history of the next',
+           'real user of its evaluation batch of 4 (the last batch of an odd count may hold one',
+           'user, who then reads their own history);',
            'prompt, candidates and answer its own). [lo, hi]: 95% bootstrap CI over users;',
            'the difference is paired per user.', '',
            '| row | metric | own history | another user\'s history | own - another | eval s |',

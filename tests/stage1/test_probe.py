@@ -89,3 +89,6 @@ def test_next_event_probe_benchmark_runs_on_a_stage1_workdir(stage1_workdir, tmp
     for est in [row['genre']['accuracy'], row['item']['recall@10']]:
       assert 0.0 <= est[1] <= est[0] <= est[2] <= 1.0
   assert res['rows'][name]['item']['l2'] in (1e-4, 1e-3)
+  paired = res['paired'][f'{name} - random encoder (init seed 0): next item']
+  assert paired[1] <= paired[0] <= paired[2]
+  assert len(res['paired']) == 4  # (random, constant) x (genre, item).
