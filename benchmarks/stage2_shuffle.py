@@ -84,9 +84,9 @@ def main(argv):
            'Command: `python -m benchmarks.stage2_shuffle --workdirs ROW_WORKDIR` (rows accumulate',
            'in benchmarks/stage2_shuffle.json). Each test user reads the history of the next',
            'real user of its evaluation batch of 4 (the last batch of an odd count may hold one',
-           'user, who then reads their own history);',
-           'prompt, candidates and answer its own). [lo, hi]: 95% bootstrap CI over users;',
-           'the difference is paired per user.', '',
+           'user, who then reads their own history); prompt, candidates and answer stay the',
+           "user's own. [lo, hi]: 95% bootstrap CI over users; the difference is paired per",
+           'user. eval s: the shuffled pass, both tasks, one core beside other work.', '',
            '| row | metric | own history | another user\'s history | own - another | eval s |',
            '|---|---|---|---|---|---|']
   fmt = lambda t: f'{t[0]:.3f} [{t[1]:.3f}, {t[2]:.3f}]'
