@@ -36,6 +36,11 @@ ROWS = {
     'xattn_future': ('mode=cross_attention,encoder=workdirs/stage1/standard/ar_early_future_s0',
                      'cross-attention, Enc, stage-1 encoder with seen-item bias + 5-event horizon'),
     'xattn_random_enc': ('mode=cross_attention,random_encoder', 'cross-attention, random encoder, Enc'),
+    # The same, its architecture read from the session-10 default's run (the encoder
+    # architecture is that of ar_early_s0; what differs is stage 1's head and loss).
+    'xattn_future_random_enc': (
+        'mode=cross_attention,random_encoder,encoder=workdirs/stage1/standard/ar_early_future_s0',
+        'cross-attention, random encoder, Enc'),
     'text_prompt_zeroshot': ('mode=text_prompt,strategy=enc', 'text prompt, frozen Gemma (nothing to train)'),
     'soft': ('mode=soft_prompt', 'soft prompt, Enc'),
     'text_prompt_lora': ('mode=text_prompt,strategy=lora', 'text prompt, LoRA, FLOPs of cross-attention'),
