@@ -29,6 +29,9 @@ _SHIFT = flags.DEFINE_integer('shift', 1, 'Each user reads the history of the us
                               'many real rows later in its batch.')
 _OUT = flags.DEFINE_string('out', 'benchmarks/stage2_shuffle.md', 'Markdown table.')
 _JSON = flags.DEFINE_string('json', 'benchmarks/stage2_shuffle.json', 'Per-row results.')
+_PAIRS = flags.DEFINE_list('pairs', [], 'a:b row keys of --json (e.g. stage2_bench_s16/'
+                           'xattn_future_L50:stage2_bench_s16/xattn_future_random_enc_L50): '
+                           'per user, how much more the history moves a than b.')
 
 
 def shuffled_examples(workdir: str, shift: int) -> tuple[dict, float]:
@@ -65,6 +68,32 @@ def compare(own: dict, shuffled: dict) -> dict[str, dict[str, list[float]]]:
   return rows
 
 
+def effect_pairs(results: dict, pairs: list[str], fmt) -> list[str]:
+  """Markdown rows: per user, (own - another) of row a minus that of row b."""
+  from user_llm import stats  # pylint: disable=g-import-not-at-top
+  if not pairs:
+    return []
+  lines = ['', 'Difference of the user effects (per user: [own - another] of the first row',
+           'minus that of the second; 95% bootstrap CI over users):', '',
+           '| rows | metric | difference |', '|---|---|---|']
+  for pair in pairs:
+    a, b = pair.split(':')
+    effect = {}
+    for row in (a, b):
+      with open(os.path.join(results[row]['workdir'], 'eval_examples.json')) as f:
+        own = json.load(f)
+      effect[row] = {(t, m): (np.asarray(own[t][m]) - np.asarray(cols[m]), np.asarray(cols['user']))
+                     for t, cols in results[row]['shuffled_examples'].items()
+                     for m in cols if m != 'user'}
+    for key, (ea, users) in effect[a].items():
+      eb, users_b = effect[b][key]
+      if not np.array_equal(users, users_b):
+        raise ValueError(f'{pair}: the rows scored other users on {key[0]}.')
+      est = stats.bootstrap(ea - eb, users)
+      lines.append(f'| {a} - {b} | {key[0]}/{key[1]} | {fmt([est.mean, est.lo, est.hi])} |')
+  return lines
+
+
 def main(argv):
   del argv
   results = {}
@@ -76,8 +105,9 @@ def main(argv):
       own = json.load(f)
     shuffled, seconds = shuffled_examples(wd, _SHIFT.value)
     results[os.path.basename(os.path.dirname(wd.rstrip('/'))) + '/' + os.path.basename(wd)] = {
-        'workdir': wd, 'shift': _SHIFT.value,
-                                     'eval_s': round(seconds), 'metrics': compare(own, shuffled)}
+        'workdir': wd, 'shift': _SHIFT.value, 'eval_s': round(seconds),
+        'metrics': compare(own, shuffled),
+        'shuffled_examples': {t: {k: v.tolist() for k, v in c.items()} for t, c in shuffled.items()}}
     with open(_JSON.value, 'w') as f:
       json.dump(results, f, indent=1)
   lines = ['# Stage 2: scores with another user\'s history (counterfactual)', '',
@@ -94,6 +124,7 @@ def main(argv):
     for metric, m in r['metrics'].items():
       lines.append(f'| {row} | {metric} | {fmt(m["own"])} | {fmt(m["shuffled"])} | '
                    f'{fmt(m["own - shuffled"])} | {r["eval_s"]} |')
+  lines += effect_pairs(results, _PAIRS.value, fmt)
   with open(_OUT.value, 'w') as f:
     f.write('\n'.join(lines) + '\n')
   print('\n'.join(lines))
