@@ -155,7 +155,9 @@ def main(argv):
   from user_llm import stats  # pylint: disable=g-import-not-at-top
   from user_llm import experiment  # pylint: disable=g-import-not-at-top
 
-  cfg = movielens_userllm.get_config(f'history_len={_HISTORY_LEN.value}')
+  # The experiment needs some stage-1 run for its encoder architecture (not its weights).
+  arg = f'history_len={_HISTORY_LEN.value}'
+  cfg = movielens_userllm.get_config(arg + (f',encoder={_ENCODERS.value[0]}' if _ENCODERS.value else ''))
   cfg.eval.max_batches = -1
   exp = experiment.build(cfg, sharding.make_mesh(cfg.mesh))
   encoders = _ENCODERS.value or [cfg.userllm.encoder_workdir] + (
@@ -180,6 +182,7 @@ def main(argv):
     lines += paired(a, b)
   # Rows of benchmarks/stage2.py (its flags clash with these, so not imported).
   lines += coverage_table(exp, refs, ['xattn', 'xattn_seen', 'xattn_future', 'xattn_random_enc',
+                                      'xattn_future_random_enc',
                                       'xattn_proj', 'xattn_proj_random_enc', 'xattn_perceiver',
                                       'soft', 'text_prompt_zeroshot', 'text_prompt_lora'])
   with open(_OUT.value, 'w') as f:
