@@ -38,7 +38,6 @@ import data_pipelines as dp
 from configs import movielens_pretrain
 from user_llm import checkpointing
 from user_llm import experiment
-from user_llm import metrics as metrics_lib
 from user_llm import probe
 from user_llm import pretrain
 from user_llm import sharding
@@ -181,9 +180,10 @@ def next_event_main(args) -> None:
       # L2 weight by the validation targets (one per user), never the test ones.
       fits = {l2: probe.fit_logreg(fit['x'], fit[label], num[label], l2=l2, **kw)
               for l2 in l2s}
+      logits = lambda d, l2: d['x'] @ fits[l2][0] + fits[l2][1]
       best = max(l2s, key=lambda l2: probe.score(
-          *fits[l2], valid['x'], valid[label], valid['user'], **score_kw)[0][metric].mean)
-      est, per = probe.score(*fits[best], test['x'], test[label], test['user'], **score_kw)
+          logits(valid, l2), valid[label], valid['user'], **score_kw)[0][metric].mean)
+      est, per = probe.score(logits(test, best), test[label], test['user'], **score_kw)
       hits[name, label] = per[metric]
       row[label] = {k: _triple(e) for k, e in est.items()}
       row[label]['l2'] = best
@@ -201,12 +201,11 @@ def next_event_main(args) -> None:
       raise ValueError(f'{name}: other test targets than the first row.')
     probe_row(name, fit, valid, test)
     if pretrained:  # The run's own trained heads on the same targets (not a probe).
-      excl = metrics_lib.exclusion_mask(None, *test['own_item'].shape, dp.NUM_RESERVED)
-      per = metrics_lib.rank_metrics(test['own_item'], test['item'], excl, (1, 5, 10))
-      own = {k: _triple(stats.bootstrap(np.asarray(v), test['user'])) for k, v in per.items()}
-      acc = (test['own_genre'].argmax(-1) == test['genre']).astype(np.float32)
+      own = {'item': probe.score(test['own_item'], test['item'], test['user'], ks=(1, 5, 10),
+                                 num_special=dp.NUM_RESERVED)[0],
+             'genre': probe.score(test['own_genre'], test['genre'], test['user'])[0]}
       results['rows'][f'{name}: its own heads'] = {
-          'item': own, 'genre': {'accuracy': _triple(stats.bootstrap(acc, test['user']))}}
+          f: {k: _triple(e) for k, e in est.items()} for f, est in own.items()}
     if name == next(iter(encoders)):  # Constant features: the probe learns the prior.
       const = {split: dict(d, x=np.ones((len(d['x']), 1), np.float32))
                for split, d in (('fit', fit), ('valid', valid), ('test', test))}

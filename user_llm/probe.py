@@ -136,30 +136,29 @@ def majority(data: ProbeData, label: str) -> stats.Estimate:
   return stats.bootstrap(y[data.is_test] == top, data.users[data.is_test])
 
 
-def score(w: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.ndarray, users: np.ndarray,
-          *, ks: tuple[int, ...] = (), num_special: int = 0
-          ) -> tuple[dict[str, stats.Estimate], dict[str, np.ndarray]]:
-  """A fitted probe (`fit_logreg`'s W, b) scored on held-out targets.
+def score(logits: np.ndarray, y: np.ndarray, users: np.ndarray, *, ks: tuple[int, ...] = (),
+          num_special: int = 0) -> tuple[dict[str, stats.Estimate], dict[str, np.ndarray]]:
+  """Scores [M, C] (a fitted probe's x @ W + b, or a model's own head) on held-out targets.
 
   For next-event labels: the held-out events were never a training target of the
   encoder nor of the probe, so no cross-fitting over users is needed.
 
   Args:
-    x, y: float [M, F], int [M]: the held-out targets.
+    logits: float [M, C]; y: int [M], the held-out targets.
     users: int [M], the user of each (the bootstrap's unit).
     ks: () = top-1 accuracy; else Recall@K and NDCG@10 over every class >=
       `num_special` (classes below it, pad and OOV, are never candidates, and a
-      target among them is a miss), with the tie rule of `user_llm.metrics`.
+      target among them is a miss, as in the stage-1 catalogue evaluator), with the
+      tie rule of `user_llm.metrics`.
 
   Returns:
     (name -> estimate with a 95% bootstrap CI over users, name -> per-target values).
   """
-  logits = x @ w + b
   if ks:
     excl = metrics_lib.exclusion_mask(None, *logits.shape, num_special)
     per = metrics_lib.rank_metrics(logits, y, excl, tuple(ks))
     known = y >= num_special
     per = {k: np.asarray(v) * known for k, v in per.items()}
   else:
-    per = {'accuracy': (logits.argmax(-1) == y).astype(np.float32)}
+    per = {'accuracy': np.asarray(metrics_lib.accuracy(logits, y))}
   return {k: stats.bootstrap(v, users) for k, v in per.items()}, per

@@ -63,11 +63,11 @@ def test_minibatch_fit_learns_and_scores_ranks_over_many_classes():
   y_test = y[2500:].copy()
   y_test[:10] = 1  # OOV targets: misses whatever the scores.
   users = np.arange(len(y_test)) // 5
-  est, per = probe.score(w, b, x[2500:], y_test, users, ks=(1, 10), num_special=2)
+  est, per = probe.score(x[2500:] @ w + b, y_test, users, ks=(1, 10), num_special=2)
   assert est['recall@1'].mean > 0.8 and est['recall@10'].mean > est['recall@1'].mean - 1e-9
   assert per['recall@10'][:10].sum() == 0
   assert est['recall@1'].num_users == 100
-  acc, _ = probe.score(w, b, x[2500:], y[2500:], users)
+  acc, _ = probe.score(x[2500:] @ w + b, y[2500:], users)
   assert acc['accuracy'].mean > 0.8
 
 
