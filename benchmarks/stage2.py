@@ -41,6 +41,15 @@ ROWS = {
     'xattn_future_random_enc': (
         'mode=cross_attention,random_encoder,encoder=workdirs/stage1/standard/ar_early_future_s0',
         'cross-attention, random encoder, Enc'),
+    # + the user-contrastive loss term (config.train.user_contrast, weight 1.0 chosen a
+    # priori, session 17): each answer likelier with its own user's history than another's.
+    'xattn_future_contrast': (
+        'mode=cross_attention,contrast=1.0,encoder=workdirs/stage1/standard/ar_early_future_s0',
+        'cross-attention, Enc, stage-1 encoder (seen-item bias + 5-event horizon), + user-contrastive loss'),
+    'xattn_future_random_enc_contrast': (
+        'mode=cross_attention,random_encoder,contrast=1.0,'
+        'encoder=workdirs/stage1/standard/ar_early_future_s0',
+        'cross-attention, random encoder, Enc, + user-contrastive loss'),
     'text_prompt_zeroshot': ('mode=text_prompt,strategy=enc', 'text prompt, frozen Gemma (nothing to train)'),
     'soft': ('mode=soft_prompt', 'soft prompt, Enc'),
     'text_prompt_lora': ('mode=text_prompt,strategy=lora', 'text prompt, LoRA, FLOPs of cross-attention'),

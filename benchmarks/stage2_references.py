@@ -21,7 +21,6 @@ import os
 
 from absl import app
 from absl import flags
-import jax
 import numpy as np
 
 _WORKROOT = flags.DEFINE_string('workroot', 'workdirs/stage2_bench', 'Row workdirs.')
@@ -41,34 +40,6 @@ _OUT = flags.DEFINE_string('out', 'benchmarks/stage2_references.md', 'Markdown.'
 
 def _fmt(est) -> str:
   return f'{est.mean:.3f} [{est.lo:.3f}, {est.hi:.3f}]'
-
-
-def stage1_reference(exp, workdir: str) -> dict[str, np.ndarray]:
-  """Per-test-example hits of the stage-1 run in `workdir` over the LLM rows' candidates."""
-  from user_llm import checkpointing  # pylint: disable=g-import-not-at-top
-  from user_llm import experiment  # pylint: disable=g-import-not-at-top
-  from user_llm import metrics  # pylint: disable=g-import-not-at-top
-  from user_llm.evaluators import candidates  # pylint: disable=g-import-not-at-top
-  s1 = experiment.read_config(os.path.join(workdir, 'config.json'))  # Old ones too.
-  s1exp = experiment.build(s1, exp.mesh)  # Builds stage 1's data and model.
-  params = checkpointing.load_params(workdir)
-  apply = jax.jit(lambda p, feats, mask: s1exp.model.apply({'params': p}, feats, mask)[1]['item'][:, -1])
-  ec = exp.config.eval
-  rng = np.random.default_rng(ec.seed)  # As UserLLMExperiment.evaluate, task next_item.
-  cols = {'user': []}
-  ds = exp.dataset(ec.split, 'next_item', ec.batch_size, 0, shuffle=False, num_epochs=1)
-  num_items = len(exp.prepared.catalogue.names)
-  for batch in ds:
-    neg = candidates.sample_negatives(rng, batch['target'], num_items, ec.num_candidates)
-    ids = np.concatenate([batch['target'][:, None], neg], axis=1)
-    scores = np.asarray(apply(params, s1exp.inputs(batch), batch['mask']))
-    per = metrics.recall_at(np.take_along_axis(scores, ids, axis=1),
-                            np.zeros(len(ids), np.int32), ec.ks)
-    keep = batch['example_mask']
-    cols['user'].append(batch['user'][keep])
-    for k, v in per.items():
-      cols.setdefault(k, []).append(v[keep])
-  return {k: np.concatenate(v) for k, v in cols.items()}
 
 
 def majority_reference(exp) -> tuple[str, dict[str, np.ndarray]]:
@@ -162,7 +133,9 @@ def main(argv):
   exp = experiment.build(cfg, sharding.make_mesh(cfg.mesh))
   encoders = _ENCODERS.value or [cfg.userllm.encoder_workdir] + (
       ['workdirs/stage1/standard/ar_early_seen_s0'] if _HISTORY_LEN.value == 50 else [])
-  refs = [(w, stage1_reference(exp, w)) for w in encoders if os.path.isdir(w)]
+  from benchmarks import stage2_lib  # pylint: disable=g-import-not-at-top
+  refs = [(w, stage2_lib.reference_hits(exp, stage2_lib.stage1_scores(exp, w)))
+          for w in encoders if os.path.isdir(w)]
   genre, maj = majority_reference(exp)
   lines = [f'## Non-LLM references and paired differences, rows of {_EXAMPLES.value:,} examples '
            f'({_WORKROOT.value})\n',

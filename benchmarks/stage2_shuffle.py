@@ -17,7 +17,6 @@ rewrites `--out` from it.
 
 import json
 import os
-import time
 
 from absl import app
 from absl import flags
@@ -32,23 +31,6 @@ _JSON = flags.DEFINE_string('json', 'benchmarks/stage2_shuffle.json', 'Per-row r
 _PAIRS = flags.DEFINE_list('pairs', [], 'a:b row keys of --json (e.g. stage2_bench_s16/'
                            'xattn_future_L50:stage2_bench_s16/xattn_future_random_enc_L50): '
                            'per user, how much more the history moves a than b.')
-
-
-def shuffled_examples(workdir: str, shift: int) -> tuple[dict, float]:
-  """Per-example results of the row's evaluators with shuffled histories, seconds."""
-  from user_llm import checkpointing  # pylint: disable=g-import-not-at-top
-  from user_llm import experiment  # pylint: disable=g-import-not-at-top
-  from user_llm import sharding  # pylint: disable=g-import-not-at-top
-  config = experiment.read_config(os.path.join(workdir, 'config.json'))
-  config.eval.shuffle_users = shift
-  exp = experiment.build(config, sharding.make_mesh(config.mesh))
-  params = exp.inference_params(checkpointing.load_params(workdir))
-  t0 = time.time()
-  out = {}
-  for evaluator in exp.evaluators():
-    _, examples = evaluator.run(params)
-    out[evaluator.task] = {k: np.asarray(v) for k, v in examples.items()}
-  return out, time.time() - t0
 
 
 def compare(own: dict, shuffled: dict) -> dict[str, dict[str, list[float]]]:
@@ -103,7 +85,8 @@ def main(argv):
   for wd in _WORKDIRS.value:
     with open(os.path.join(wd, 'eval_examples.json')) as f:
       own = json.load(f)
-    shuffled, seconds = shuffled_examples(wd, _SHIFT.value)
+    from benchmarks import stage2_lib  # pylint: disable=g-import-not-at-top
+    shuffled, seconds = stage2_lib.reevaluate(wd, shuffle_users=_SHIFT.value)
     results[os.path.basename(os.path.dirname(wd.rstrip('/'))) + '/' + os.path.basename(wd)] = {
         'workdir': wd, 'shift': _SHIFT.value, 'eval_s': round(seconds),
         'metrics': compare(own, shuffled),

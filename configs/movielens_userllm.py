@@ -10,6 +10,7 @@ history_len != 50), or `random_encoder`):
 Variants (arg string after ':', comma separated):
   mode=cross_attention|soft_prompt|text_prompt   latents=16 (Perceiver; 0 = none)
   strategy=enc|lora|full|proj   random_encoder   steps=N
+  contrast=1.0 (weight of the user-contrastive loss term; 0 = LM loss only)
   encoder=DIR (the stage-1 workdir to load; default below)
   history_len=50 (history events before each target; 200 needs a stage-1 run at 200)
   model=Gemma3_270M|Gemma3_1B|Gemma3_4B|Gemma3_12B (larger ones: the official Orbax
@@ -68,7 +69,8 @@ def get_config(arg: str | None = None, dataset: str = 'movielens') -> ml_collect
   """Returns the stage-2 config of `dataset`; see the module docstring for `arg`."""
   a = common.parse_arg(arg, mode='cross_attention', latents=0, strategy='enc',
                        random_encoder=False, history_len=50, steps=0, runlocal=False,
-                       model='Gemma3_270M', encoder='', **common.DATA_FILE_ARGS)
+                       model='Gemma3_270M', encoder='', contrast=0.0,
+                       **common.DATA_FILE_ARGS)
   if a.model not in GEMMAS:
     raise ValueError(f'Unknown model={a.model!r}; known: {sorted(GEMMAS)}')
   checkpoint, remat = GEMMAS[a.model]
@@ -143,6 +145,10 @@ def get_config(arg: str | None = None, dataset: str = 'movielens') -> ml_collect
   # few thousand examples.
   c.train.lr_scale = [('.*_gate', 10.0)] if a.mode == 'cross_attention' else []
   c.train.flop_budget = 0.0  # Stop once training has spent this many FLOPs (0 = off).
+  # Weight of the user-contrastive term (UserLLMExperiment._user_contrast): each answer
+  # likelier with its own user's history than with another's in the batch; one more
+  # decoder pass per step. 0 = the paper's language-modelling loss alone.
+  c.train.user_contrast = a.contrast
   c.train.init_checkpoint = ''
   c.train.log_every = 10
   c.train.ckpt_every = 100
@@ -159,6 +165,11 @@ def get_config(arg: str | None = None, dataset: str = 'movielens') -> ml_collect
   c.eval.ks = (1, 5, 10)
   c.eval.max_batches = 16  # 64 test users per task; -1 = all.
   c.eval.seed = 0  # Negative sampling.
+  # Next-item negatives: 'uniform' over the catalogue (mostly obscure titles: the
+  # popularity a frozen LLM already knows ranks the true item high), or 'popularity'
+  # (in proportion to training counts: what ranks the true item must come from the
+  # user). benchmarks/stage2_negatives.py scores trained rows under both.
+  c.eval.negatives = 'uniform'
   # Counterfactual check (benchmarks/stage2_shuffle.py): > 0 makes each test user's
   # model read the history of the user this many real rows later in its batch
   # (cyclically), prompt, candidates and answer staying the user's own; 0 = off.

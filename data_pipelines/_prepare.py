@@ -33,7 +33,7 @@ import numpy as np
 
 from data_pipelines import _io, _movielens, _records, _reviews, _timelines
 from data_pipelines._config import NAMES, NOUNS, PREP_FIELDS, default_data_config
-from data_pipelines._vocab import Vocab
+from data_pipelines._vocab import NUM_RESERVED, Vocab
 
 # 2: users.json (raw user ids); 3: test/valid events, pad_short; 4: file digests,
 # duplicate events dropped, review texts HTML-unescaped.
@@ -176,6 +176,26 @@ class Prepared:
   def timeline(self, user: int):
     """Decoded timeline of user record `user`: (table, offsets, blob)."""
     return _records.decode(self.timelines[user])
+
+  @functools.cached_property
+  def item_counts(self) -> np.ndarray:
+    """int64[item vocab size]: occurrences of each item id among the training events.
+
+    A training event precedes every held-out (validation and test) target of its user,
+    the part of the timelines the item vocabulary was counted on; ids 0 (pad) and 1
+    (OOV) count 0. Popularity-sampled negatives (`evaluators.candidates`) draw by it.
+    """
+    held_out = np.full(len(self.user_ids), np.iinfo(np.int64).max)
+    for split in ('validation', 'test'):
+      w = self.windows(split)
+      np.minimum.at(held_out, w[:, 0], w[:, 1])
+    item = _timelines.COLUMNS.index('item')
+    counts = np.zeros(self.vocabs['item'].size, np.int64)
+    for user in range(len(self.user_ids)):
+      table, _, _ = self.timeline(user)
+      np.add.at(counts, table[:held_out[user], item], 1)
+    counts[:NUM_RESERVED] = 0
+    return counts
 
   def __repr__(self) -> str:
     return f'Prepared({self.root}, {self.manifest["num_records"]})'

@@ -224,15 +224,50 @@ class UserLLMExperiment(experiment_lib.Experiment):
     if rows is None:
       rows = jnp.broadcast_to(jnp.arange(pos.shape[0])[:, None], pos.shape)
     feats = {f: batch[f] for f in self.encoder_inputs}
-    out = self.model.apply({'params': params}, feats, batch['mask'], tokens,
-                           tokens != 0, pos - 1, rows, method='forward')
     targets = tokens[rows, pos]
     w = (batch['answer_mask'] & batch['example_mask'][rows]).astype(jnp.float32)
-    # log p(target) = logit - logsumexp, no argmax (metrics_lib.nll_and_top1).
-    nll, top = metrics_lib.nll_and_top1(out.logits.astype(jnp.float32), targets)
+
+    def answer_nll(user_shift=0):
+      out = self.model.apply({'params': params}, feats, batch['mask'], tokens,
+                             tokens != 0, pos - 1, rows, user_shift=user_shift,
+                             method='forward')
+      # log p(target) = logit - logsumexp, no argmax (metrics_lib.nll_and_top1).
+      return metrics_lib.nll_and_top1(out.logits.astype(jnp.float32), targets)
+
+    nll, top = answer_nll()
     loss = jnp.sum(nll * w) / jnp.maximum(jnp.sum(w), 1.0)
     acc = jnp.sum(top * w) / jnp.maximum(jnp.sum(w), 1.0)
-    return loss, {'token_accuracy': acc, **gate_values(params)}
+    aux = {'token_accuracy': acc, **gate_values(params)}
+    weight = self.config.train.get('user_contrast', 0.0)
+    if weight:
+      contrast, margin = self._user_contrast(nll, answer_nll(user_shift=1)[0], w, rows, batch)
+      loss = loss + weight * contrast
+      aux.update(user_contrast=contrast, user_margin=margin)
+    return loss, aux
+
+  def _user_contrast(self, nll, nll_other, w, rows, batch):
+    """(loss, mean margin): each answer should be likelier with its own user's history.
+
+    Row b's answer is scored twice: with its own user side (nll) and with that of row
+    b - 1 (nll_other; `UserLLM.forward(user_shift=1)`), prompt and answer unchanged.
+    The loss is softplus(-margin), margin = log p(answer | own user) - log p(answer |
+    other user), over rows whose neighbour is a real example of another user. The
+    answer prior cancels in the margin, so this trains exactly what the LM loss
+    leaves to a few thousand examples: that the user side moves the answer
+    (benchmarks/stage2_shuffle.py measures the same difference at test time).
+    """
+    if self.mode == 'text_prompt':
+      raise ValueError('config.train.user_contrast needs a user side (cross_attention or '
+                       'soft_prompt); the text prompt reads its history as text.')
+    b = batch['example_mask'].shape[0]
+    per_row = lambda x: jax.ops.segment_sum((x * w).ravel(), rows.ravel(), num_segments=b)
+    margin = per_row(nll_other) - per_row(nll)  # log p(own) - log p(other), per row.
+    ex, user = batch['example_mask'], batch['user']
+    valid = (ex & jnp.roll(ex, 1) & (user != jnp.roll(user, 1))
+             & (per_row(jnp.ones_like(w)) > 0)).astype(jnp.float32)
+    n = jnp.maximum(valid.sum(), 1.0)
+    return (jnp.sum(jax.nn.softplus(-margin) * valid) / n,
+            jnp.sum(margin * valid) / n)
 
   def dataset(self, split, task, batch_size, seed, **kw):
     """This process's batches of `task` on `split` (data_pipelines.make_dataset)."""

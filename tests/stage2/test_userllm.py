@@ -238,3 +238,86 @@ def test_shuffle_users_feeds_each_user_another_real_users_history(tiny_movielens
   np.testing.assert_array_equal(other['memory_mask'], own['memory_mask'][rows])
   for a, b in zip(jax.tree.leaves(other['memory_kv']), jax.tree.leaves(own['memory_kv'])):
     np.testing.assert_allclose(a, np.asarray(b)[rows], rtol=1e-5, atol=1e-6)
+
+
+def test_popularity_negatives_follow_training_counts(tiny_movielens, tmp_path, stage1_workdir):
+  """config.eval.negatives='popularity' (benchmarks/stage2_negatives.py): negatives are
+  drawn by `Prepared.item_counts`, never the target, never twice, never a 0-count item;
+  'uniform' keeps the earlier draws (old results stay reproducible)."""
+  from user_llm.evaluators import candidates
+  cfg = _config(tiny_movielens, tmp_path, stage1_workdir)
+  exp = _exp(cfg)
+  prepared = exp.prepared
+  counts = prepared.item_counts
+  # Training events = every event before the user's first held-out target.
+  first_held_out = {}
+  for split in ('validation', 'test'):
+    for user, target, _ in prepared.windows(split):
+      first_held_out[user] = min(first_held_out.get(user, target), target)
+  assert counts.sum() == sum(first_held_out.values())
+  assert counts[:2].sum() == 0 and counts.shape == (prepared.vocabs['item'].size,)
+  assert candidates.negative_weights(exp) is None  # The default: uniform.
+
+  num_items, targets = len(counts), np.array([2, 3, 4] * 20)
+  weights = np.zeros(num_items)
+  weights[[2, 3, 4, 5, 6]] = [1000.0, 1.0, 1.0, 1.0, 1.0]
+  neg = candidates.sample_negatives(np.random.default_rng(0), targets, num_items, 4, weights)
+  assert neg.shape == (60, 3)
+  assert not (neg == targets[:, None]).any()
+  assert all(len(set(r)) == 3 for r in neg.tolist())
+  assert set(neg.ravel().tolist()) <= {2, 3, 4, 5, 6}  # Weight 0: never drawn.
+  assert (neg[targets != 2] == 2).any(axis=1).all()  # The heavy item: in every row it may be.
+  uniform = candidates.sample_negatives(np.random.default_rng(0), targets[:3], num_items, 4)
+  rng = np.random.default_rng(0)
+  for t, row in zip(targets[:3], uniform):
+    pool = np.setdiff1d(np.arange(2, num_items), [t])
+    np.testing.assert_array_equal(row, rng.choice(pool, size=3, replace=False))
+
+  exp.config.eval.negatives = 'popularity'
+  np.testing.assert_array_equal(candidates.negative_weights(exp), counts)
+  exp.config.eval.negatives = 'popular'
+  with pytest.raises(ValueError, match=r"config.eval.negatives='popular'"):
+    candidates.negative_weights(exp)
+
+
+@pytest.mark.parametrize('arg', ['contrast=1.0', 'contrast=1.0,mode=soft_prompt'])
+def test_user_contrast_scores_each_answer_with_another_users_history(tiny_movielens, tmp_path,
+                                                                    stage1_workdir, arg):
+  """config.train.user_contrast: the shifted pass is the decoder with row b - 1's user
+  side; with the gates closed (cross-attention at init) the user side changes nothing,
+  so the margin is 0 and the term log 2; once they open it is not."""
+  cfg = _config(tiny_movielens, tmp_path, stage1_workdir, arg)
+  assert cfg.train.user_contrast == 1.0
+  exp = _exp(cfg)
+  params = exp.load_pretrained(exp.init_params(jax.random.PRNGKey(0)))
+  batch = next(iter(exp.dataset('train', 'next_item', batch_size=4, seed=0)))
+  assert len(set(batch['user'].tolist())) > 1
+  feats = {f: batch[f] for f in exp.encoder_inputs}
+  fwd = lambda p, f, m, shift=0: exp.model.apply(
+      {'params': p}, f, m, batch['tokens'], user_shift=shift, method='forward').logits
+  rolled = {f: np.roll(v, 1, axis=0) for f, v in feats.items()}
+  np.testing.assert_allclose(fwd(params, feats, batch['mask'], shift=1),
+                             fwd(params, rolled, np.roll(batch['mask'], 1, axis=0)),
+                             rtol=1e-5, atol=1e-5)
+  lm_cfg = exp.config.train.user_contrast
+  loss, aux = exp.loss_fn(params, batch, jax.random.PRNGKey(1))
+  if 'soft_prompt' not in arg:  # Closed gates: Gemma alone.
+    assert float(aux['user_margin']) == 0.0
+    np.testing.assert_allclose(aux['user_contrast'], np.log(2.0), rtol=1e-6)
+  exp.config.train.user_contrast = 0.0
+  lm_loss, lm_aux = exp.loss_fn(params, batch, jax.random.PRNGKey(1))
+  assert 'user_contrast' not in lm_aux
+  np.testing.assert_allclose(loss, lm_loss + lm_cfg * aux['user_contrast'], rtol=1e-6)
+  exp.config.train.user_contrast = lm_cfg
+  opened = jax.tree_util.tree_map_with_path(
+      lambda path, x: x + 0.5 if 'gate' in sharding.path_str(path) else x, params)
+  _, aux = exp.loss_fn(opened, batch, jax.random.PRNGKey(1))
+  assert float(aux['user_margin']) != 0.0
+  assert np.isfinite(float(aux['user_contrast']))
+
+  text = _exp(_config(tiny_movielens, tmp_path, stage1_workdir,
+                      'contrast=1.0,mode=text_prompt,strategy=lora'))
+  text_params = text.init_params(jax.random.PRNGKey(0))
+  text_batch = next(iter(text.dataset('train', 'next_item', batch_size=2, seed=0)))
+  with pytest.raises(ValueError, match='user_contrast needs a user side'):
+    text.loss_fn(text_params, text_batch, jax.random.PRNGKey(1))

@@ -137,7 +137,8 @@ class UserLLM(nn.Module):
     return self.decoder(tokens, layer_hook=hook,
                         hook_layers=tuple(self.xattn_layers) if hook else (), **decoder_kwargs)
 
-  def forward(self, features, mask, tokens, input_mask=None, logits_at=None, logits_rows=None):
+  def forward(self, features, mask, tokens, input_mask=None, logits_at=None, logits_rows=None,
+              user_shift: int = 0):
     """Training/eval forward: user side then decoder.
 
     Args:
@@ -147,11 +148,15 @@ class UserLLM(nn.Module):
         prompt's prefix is accounted for here); None = every position, prefix
         included.
       logits_rows: int[B, A] batch row of each `logits_at` (default: its own).
+      user_shift: row b reads the user side of row b - user_shift (cyclically): the
+        counterfactual of the user-contrastive loss (UserLLMExperiment.loss_fn).
     """
     at = dict(logits_at=logits_at, logits_rows=logits_rows)
     if self.mode == 'text_prompt':
       return self(tokens, input_mask=input_mask, **at)
     memory, memory_mask = self.user_memory(features, mask)
+    if user_shift:
+      memory, memory_mask = (jnp.roll(x, user_shift, axis=0) for x in (memory, memory_mask))
     if self.mode == 'soft_prompt':
       if logits_at is not None:
         at['logits_at'] = logits_at + memory.shape[1]

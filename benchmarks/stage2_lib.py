@@ -1,0 +1,89 @@
+"""Shared by the stage-2 benchmarks: re-scoring trained rows, non-LLM references.
+
+  reevaluate(workdir, **eval_overrides)  a trained row's evaluators under changed
+                                         `config.eval` fields (no retraining)
+  reference_hits(exp, scores_fn)         a non-LLM scorer's Recall@K over the very
+                                         next-item candidates the LLM rows rank
+  stage1_scores(exp, workdir)            the stage-1 run's item head, as a scores_fn
+  popularity_scores(exp)                 training counts, as a scores_fn
+"""
+
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from user_llm import checkpointing
+from user_llm import experiment
+from user_llm import metrics
+from user_llm import sharding
+from user_llm.evaluators import candidates
+
+# scores_fn(batch) -> float[B, num_items]: a score for every item id of the catalogue.
+ScoresFn = Callable[[dict[str, np.ndarray]], np.ndarray]
+
+
+def reevaluate(workdir: str, tasks: tuple[str, ...] | None = None,
+               **eval_overrides: Any) -> tuple[dict[str, dict[str, np.ndarray]], float]:
+  """({task: per-example columns}, seconds): the row's evaluators, `config.eval` changed.
+
+  Args:
+    workdir: a trained stage-2 row (its config.json and final checkpoint).
+    tasks: the evaluators to run (default: the row's own `config.eval.tasks`).
+    **eval_overrides: `config.eval` fields to set, e.g. negatives='popularity'.
+  """
+  config = experiment.read_config(os.path.join(workdir, 'config.json'))
+  for key, value in eval_overrides.items():
+    config.eval[key] = value
+  if tasks is not None:
+    config.eval.tasks = tasks
+  exp = experiment.build(config, sharding.make_mesh(config.mesh))
+  params = exp.inference_params(checkpointing.load_params(workdir))
+  t0 = time.time()
+  out = {}
+  for evaluator in exp.evaluators():
+    _, examples = evaluator.run(params)
+    out[evaluator.task] = {k: np.asarray(v) for k, v in examples.items()}
+  return out, time.time() - t0
+
+
+def reference_hits(exp, scores_fn: ScoresFn) -> dict[str, np.ndarray]:
+  """Per-test-example 'user' and 'recall@K' of `scores_fn` over the LLM rows' candidates.
+
+  The candidates are `evaluators.candidates.sample_negatives`' draws for the rows of
+  `exp.config.eval` (same seed, order and `negatives`), ranked with the same tie rule.
+  """
+  ec = exp.config.eval
+  rng = np.random.default_rng(ec.seed)  # As CandidateRanking.run.
+  weights = candidates.negative_weights(exp)
+  cols = {'user': []}
+  ds = exp.dataset(ec.split, 'next_item', ec.batch_size, 0, shuffle=False, num_epochs=1)
+  num_items = len(exp.prepared.catalogue.names)
+  for batch in ds:
+    neg = candidates.sample_negatives(rng, batch['target'], num_items, ec.num_candidates,
+                                      weights)
+    ids = np.concatenate([batch['target'][:, None], neg], axis=1)
+    per = metrics.recall_at(np.take_along_axis(scores_fn(batch), ids, axis=1),
+                            np.zeros(len(ids), np.int32), ec.ks)
+    keep = batch['example_mask']
+    cols['user'].append(batch['user'][keep])
+    for k, v in per.items():
+      cols.setdefault(k, []).append(v[keep])
+  return {k: np.concatenate(v) for k, v in cols.items()}
+
+
+def stage1_scores(exp, workdir: str) -> ScoresFn:
+  """The stage-1 run in `workdir`: its item head after the last history event."""
+  s1 = experiment.read_config(os.path.join(workdir, 'config.json'))  # Old ones too.
+  s1exp = experiment.build(s1, exp.mesh)  # Builds stage 1's data and model.
+  params = checkpointing.load_params(workdir)
+  apply = jax.jit(lambda p, feats, mask: s1exp.model.apply({'params': p}, feats, mask)[1]['item'][:, -1])
+  return lambda batch: np.asarray(apply(params, s1exp.inputs(batch), batch['mask']))
+
+
+def popularity_scores(exp) -> ScoresFn:
+  """Every user alike: each item's training count (`Prepared.item_counts`)."""
+  counts = exp.prepared.item_counts.astype(np.float32)
+  return lambda batch: np.broadcast_to(counts, (len(batch['target']), len(counts)))
