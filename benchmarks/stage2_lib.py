@@ -2,10 +2,12 @@
 
   reevaluate(workdir, **eval_overrides)  a trained row's evaluators under changed
                                          `config.eval` fields (no retraining)
+  run_evaluators(config, load_params)    the same for any config (e.g. zero-shot)
   reference_hits(exp, scores_fn)         a non-LLM scorer's Recall@K over the very
                                          next-item candidates the LLM rows rank
   stage1_scores(exp, workdir)            the stage-1 run's item head, as a scores_fn
   popularity_scores(exp)                 training counts, as a scores_fn
+  genre_taste_scores(exp)                the history's genre shares, as a scores_fn
 """
 
 import os
@@ -35,12 +37,21 @@ def reevaluate(workdir: str, tasks: tuple[str, ...] | None = None,
     **eval_overrides: `config.eval` fields to set, e.g. negatives='popularity'.
   """
   config = experiment.read_config(os.path.join(workdir, 'config.json'))
+  return run_evaluators(config, lambda exp: checkpointing.load_params(workdir), tasks,
+                        **eval_overrides)
+
+
+def run_evaluators(config, load_params: Callable[[Any], Any],
+                   tasks: tuple[str, ...] | None = None,
+                   **eval_overrides: Any) -> tuple[dict[str, dict[str, np.ndarray]], float]:
+  """`reevaluate` for any config: load_params(exp) gives the params (e.g. a checkpoint,
+  or the pretrained Gemma alone for a row with nothing to train)."""
   for key, value in eval_overrides.items():
     config.eval[key] = value
   if tasks is not None:
     config.eval.tasks = tasks
   exp = experiment.build(config, sharding.make_mesh(config.mesh))
-  params = exp.inference_params(checkpointing.load_params(workdir))
+  params = exp.inference_params(load_params(exp))
   t0 = time.time()
   out = {}
   for evaluator in exp.evaluators():
@@ -87,3 +98,22 @@ def popularity_scores(exp) -> ScoresFn:
   """Every user alike: each item's training count (`Prepared.item_counts`)."""
   counts = exp.prepared.item_counts.astype(np.float32)
   return lambda batch: np.broadcast_to(counts, (len(batch['target']), len(counts)))
+
+
+def genre_taste_scores(exp) -> ScoresFn:
+  """Genre taste alone: the mean share of the history's events in each of the item's
+  genres (the history's first-genre ids, `batch['genre']`); no popularity, no item ids."""
+  genre_ids = exp.prepared.catalogue.genre_ids
+  num_genres = len(exp.prepared.genres)
+  has = np.zeros((len(genre_ids), num_genres), np.float32)  # [V_item, G] multi-hot.
+  for i, gs in enumerate(genre_ids):
+    if gs:
+      has[i, list(gs)] = 1.0 / len(gs)
+
+  def scores(batch):
+    g = np.where(batch['mask'], batch['genre'], 0)
+    share = np.stack([np.bincount(r, minlength=num_genres) for r in g]).astype(np.float32)
+    share[:, 0] = 0.0  # Padding.
+    share /= np.maximum(share.sum(1, keepdims=True), 1.0)
+    return share @ has.T
+  return scores

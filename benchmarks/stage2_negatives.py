@@ -6,8 +6,8 @@ UNIFORMLY: mostly obscure titles, so an answer prior that knows only popularity
 This re-scores trained rows (no retraining) with the 19 negatives drawn in proportion
 to their training counts (`config.eval.negatives='popularity'`), next to the same
 rows' uniform scores, and scores two non-LLM references on the very same candidates
-of each protocol: popularity (training counts; every user alike) and the stage-1
-encoder's own item head.
+of each protocol: popularity (training counts; every user alike), genre taste (the
+history's genre shares, no popularity) and the stage-1 encoder's own item head.
 
   python -m benchmarks.stage2_negatives \
       --workdirs workdirs/stage2_bench_s16/xattn_future_L50 \
@@ -29,6 +29,8 @@ _WORKDIRS = flags.DEFINE_list('workdirs', [], 'Trained stage-2 row workdirs to r
 _ENCODERS = flags.DEFINE_list('encoders', ['workdirs/stage1/standard/ar_early_future_s0'],
                               'Stage-1 workdirs whose item heads to score as references.')
 _REFERENCES = flags.DEFINE_bool('references', True, 'Score the non-LLM references.')
+_ZEROSHOT = flags.DEFINE_bool('zeroshot', False, 'Score the frozen Gemma reading the text '
+                              'history (nothing to train) with popularity-sampled negatives.')
 _HISTORY_LEN = flags.DEFINE_integer('history_len', 50, 'History events (references).')
 _PAIRS = flags.DEFINE_list('pairs', [], 'a:b row keys of --json: paired differences.')
 _JSON = flags.DEFINE_string('json', 'benchmarks/stage2_negatives.json', 'Per-example results.')
@@ -53,6 +55,21 @@ def score_row(workdir: str) -> dict:
           'uniform': uniform, 'popularity': _lists(popular['next_item'])}
 
 
+def score_zeroshot(history_len: int) -> dict:
+  """The frozen Gemma reading the text history, popularity-sampled negatives only (its
+  uniform scores: the text_prompt_zeroshot row of benchmarks/stage2_results.md)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from benchmarks import stage2_lib  # pylint: disable=g-import-not-at-top
+  from configs import movielens_userllm  # pylint: disable=g-import-not-at-top
+  cfg = movielens_userllm.get_config(f'mode=text_prompt,strategy=enc,history_len={history_len}')
+  cfg.eval.max_batches = -1
+  popular, seconds = stage2_lib.run_evaluators(
+      cfg, lambda exp: exp.load_pretrained(exp.init_params(jax.random.PRNGKey(0))),
+      tasks=('next_item',), negatives='popularity')
+  return {'workdir': '', 'eval_s': round(seconds), 'uniform': None,
+          'popularity': _lists(popular['next_item'])}
+
+
 def score_references(encoders: list[str], history_len: int) -> dict[str, dict]:
   """Popularity and each stage-1 item head, hits under both protocols."""
   from benchmarks import stage2_lib  # pylint: disable=g-import-not-at-top
@@ -63,7 +80,8 @@ def score_references(encoders: list[str], history_len: int) -> dict[str, dict]:
   cfg = movielens_userllm.get_config(f'history_len={history_len},encoder={encoders[0]}')
   cfg.eval.max_batches = -1
   exp = experiment.build(cfg, sharding.make_mesh(cfg.mesh))
-  scorers = {'popularity (training counts)': stage2_lib.popularity_scores(exp)}
+  scorers = {'popularity (training counts)': stage2_lib.popularity_scores(exp),
+             "genre taste (history's genre shares)": stage2_lib.genre_taste_scores(exp)}
   for w in encoders:
     scorers[f"stage-1 item head ({w})"] = stage2_lib.stage1_scores(exp, w)
   out = {}
@@ -82,15 +100,17 @@ def tables(results: dict, pairs: list[str]) -> list[str]:
   est = lambda cols, m: stats.bootstrap(np.asarray(cols[m], np.float64), np.asarray(cols['user']))
   head = ' | '.join(f'{p} R@{m[7:]}' for p in PROTOCOLS for m in METRICS)
   lines = ['| row | ' + head + ' | test users |', '|---|' + '---|' * (2 * len(METRICS) + 1)]
-  for row, r in results.items():
-    cells = [fmt(est(r[p], m)) for p in PROTOCOLS for m in METRICS]
-    lines.append(f"| {row} | {' | '.join(cells)} | {len(r['uniform']['user'])} |")
+  for row, r in sorted(results.items(), key=lambda kv: not kv[0].startswith('reference')):
+    cells = [fmt(est(r[p], m)) if r[p] else 'n/a' for p in PROTOCOLS for m in METRICS]
+    lines.append(f"| {row} | {' | '.join(cells)} | {len(r['popularity']['user'])} |")
   if pairs:
     lines += ['', 'Paired differences (per test user, same candidates; 95% bootstrap CI):', '',
               '| rows | protocol | R@1 | R@5 | R@10 |', '|---|---|---|---|---|']
     for pair in pairs:
       a, b = (results[k] for k in pair.split(':'))
       for p in PROTOCOLS:
+        if not a[p] or not b[p]:
+          continue
         if a[p]['user'] != b[p]['user']:
           raise ValueError(f'{pair}: the rows scored other users under {p}.')
         d = {m: np.asarray(a[p][m], np.float64) - np.asarray(b[p][m]) for m in METRICS}
@@ -108,6 +128,11 @@ def main(argv):
       results = json.load(f)
   if _REFERENCES.value:
     results.update(score_references(_ENCODERS.value, _HISTORY_LEN.value))
+  if _ZEROSHOT.value:
+    results[f'text prompt, frozen Gemma (zero-shot), {_HISTORY_LEN.value} events'] = (
+        score_zeroshot(_HISTORY_LEN.value))
+    with open(_JSON.value, 'w') as f:
+      json.dump(results, f)
   for wd in _WORKDIRS.value:
     key = os.path.basename(os.path.dirname(wd.rstrip('/'))) + '/' + os.path.basename(wd.rstrip('/'))
     results[key] = score_row(wd)
