@@ -8,8 +8,10 @@
   stage1_scores(exp, workdir)            the stage-1 run's item head, as a scores_fn
   popularity_scores(exp)                 training counts, as a scores_fn
   genre_taste_scores(exp)                the history's genre shares, as a scores_fn
+  load_results(path), row_key(workdir)   the benchmarks' accumulated JSON and its keys
 """
 
+import json
 import os
 import time
 from typing import Any, Callable
@@ -117,3 +119,17 @@ def genre_taste_scores(exp) -> ScoresFn:
     share /= np.maximum(share.sum(1, keepdims=True), 1.0)
     return share @ has.T
   return scores
+
+
+def load_results(path: str) -> dict:
+  """The accumulated per-row results of a re-scoring benchmark ({} before its first row)."""
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
+def row_key(workdir: str) -> str:
+  """'<workroot>/<row>' of a row workdir, e.g. 'stage2_bench_s16/xattn_future_L50'."""
+  workdir = workdir.rstrip('/')
+  return os.path.basename(os.path.dirname(workdir)) + '/' + os.path.basename(workdir)

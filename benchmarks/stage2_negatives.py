@@ -122,10 +122,8 @@ def tables(results: dict, pairs: list[str]) -> list[str]:
 
 def main(argv):
   del argv
-  results = {}
-  if os.path.exists(_JSON.value):
-    with open(_JSON.value) as f:
-      results = json.load(f)
+  from benchmarks import stage2_lib  # pylint: disable=g-import-not-at-top
+  results = stage2_lib.load_results(_JSON.value)
   if _REFERENCES.value:
     results.update(score_references(_ENCODERS.value, _HISTORY_LEN.value))
   if _ZEROSHOT.value:
@@ -134,8 +132,7 @@ def main(argv):
     with open(_JSON.value, 'w') as f:
       json.dump(results, f)
   for wd in _WORKDIRS.value:
-    key = os.path.basename(os.path.dirname(wd.rstrip('/'))) + '/' + os.path.basename(wd.rstrip('/'))
-    results[key] = score_row(wd)
+    results[stage2_lib.row_key(wd)] = score_row(wd)
     with open(_JSON.value, 'w') as f:  # After each row: a killed run keeps the finished ones.
       json.dump(results, f)
   with open(_JSON.value, 'w') as f:

@@ -78,16 +78,13 @@ def effect_pairs(results: dict, pairs: list[str], fmt) -> list[str]:
 
 def main(argv):
   del argv
-  results = {}
-  if os.path.exists(_JSON.value):
-    with open(_JSON.value) as f:
-      results = json.load(f)
+  from benchmarks import stage2_lib  # pylint: disable=g-import-not-at-top
+  results = stage2_lib.load_results(_JSON.value)
   for wd in _WORKDIRS.value:
     with open(os.path.join(wd, 'eval_examples.json')) as f:
       own = json.load(f)
-    from benchmarks import stage2_lib  # pylint: disable=g-import-not-at-top
     shuffled, seconds = stage2_lib.reevaluate(wd, shuffle_users=_SHIFT.value)
-    results[os.path.basename(os.path.dirname(wd.rstrip('/'))) + '/' + os.path.basename(wd)] = {
+    results[stage2_lib.row_key(wd)] = {
         'workdir': wd, 'shift': _SHIFT.value, 'eval_s': round(seconds),
         'metrics': compare(own, shuffled),
         'shuffled_examples': {t: {k: v.tolist() for k, v in c.items()} for t, c in shuffled.items()}}
