@@ -127,7 +127,8 @@ def main(argv):
   if _REFERENCES.value:
     results.update(score_references(_ENCODERS.value, _HISTORY_LEN.value))
   if _ZEROSHOT.value:
-    results[f'text prompt, frozen Gemma (zero-shot), {_HISTORY_LEN.value} events'] = (
+    # Keys name rows in --pairs (a comma-separated list): no commas.
+    results[f'zeroshot/text_prompt_L{_HISTORY_LEN.value} (frozen Gemma)'] = (
         score_zeroshot(_HISTORY_LEN.value))
     with open(_JSON.value, 'w') as f:
       json.dump(results, f)
