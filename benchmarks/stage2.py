@@ -50,6 +50,14 @@ ROWS = {
         'mode=cross_attention,random_encoder,contrast=1.0,'
         'encoder=workdirs/stage1/standard/ar_early_future_s0',
         'cross-attention, random encoder, Enc, + user-contrastive loss'),
+    # Proj (encoder frozen) with the session-10 default encoder and its random twin.
+    'xattn_future_proj': (
+        'mode=cross_attention,strategy=proj,encoder=workdirs/stage1/standard/ar_early_future_s0',
+        'cross-attention, Proj (encoder frozen), stage-1 encoder (seen-item bias + 5-event horizon)'),
+    'xattn_future_proj_random_enc': (
+        'mode=cross_attention,strategy=proj,random_encoder,'
+        'encoder=workdirs/stage1/standard/ar_early_future_s0',
+        'cross-attention, Proj, random frozen encoder'),
     'text_prompt_zeroshot': ('mode=text_prompt,strategy=enc', 'text prompt, frozen Gemma (nothing to train)'),
     'soft': ('mode=soft_prompt', 'soft prompt, Enc'),
     'text_prompt_lora': ('mode=text_prompt,strategy=lora', 'text prompt, LoRA, FLOPs of cross-attention'),
