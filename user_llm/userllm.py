@@ -21,6 +21,7 @@ for next item and favourite genre, ROUGE-Lsum of generated reviews).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import os
 import time
@@ -227,20 +228,30 @@ class UserLLMExperiment(experiment_lib.Experiment):
     targets = tokens[rows, pos]
     w = (batch['answer_mask'] & batch['example_mask'][rows]).astype(jnp.float32)
 
-    def answer_nll(user_shift=0):
-      out = self.model.apply({'params': params}, feats, batch['mask'], tokens,
-                             tokens != 0, pos - 1, rows, user_shift=user_shift,
-                             method='forward')
+    weight = self.config.train.get('user_contrast', 0.0)
+    if weight and self.mode == 'text_prompt':
+      raise ValueError('config.train.user_contrast needs a user side (cross_attention or '
+                       'soft_prompt); the text prompt reads its history as text.')
+    apply = functools.partial(self.model.apply, {'params': params})
+
+    def answer_nll(out):
       # log p(target) = logit - logsumexp, no argmax (metrics_lib.nll_and_top1).
       return metrics_lib.nll_and_top1(out.logits.astype(jnp.float32), targets)
 
-    nll, top = answer_nll()
+    if not weight:
+      out = apply(feats, batch['mask'], tokens, tokens != 0, pos - 1, rows, method='forward')
+    else:  # The user side once; the decoder with it and with its rows rolled by one.
+      memory = apply(feats, batch['mask'], method='user_memory')
+      decode = lambda m: apply(*m, tokens, tokens != 0, pos - 1, rows,
+                               method='decode_with_memory')
+      out = decode(memory)
+      other = decode(tuple(jnp.roll(x, 1, axis=0) for x in memory))
+    nll, top = answer_nll(out)
     loss = jnp.sum(nll * w) / jnp.maximum(jnp.sum(w), 1.0)
     acc = jnp.sum(top * w) / jnp.maximum(jnp.sum(w), 1.0)
     aux = {'token_accuracy': acc, **gate_values(params)}
-    weight = self.config.train.get('user_contrast', 0.0)
     if weight:
-      contrast, margin = self._user_contrast(nll, answer_nll(user_shift=1)[0], w, rows, batch)
+      contrast, margin = self._user_contrast(nll, answer_nll(other)[0], w, rows, batch)
       loss = loss + weight * contrast
       aux.update(user_contrast=contrast, user_margin=margin)
     return loss, aux
@@ -249,16 +260,14 @@ class UserLLMExperiment(experiment_lib.Experiment):
     """(loss, mean margin): each answer should be likelier with its own user's history.
 
     Row b's answer is scored twice: with its own user side (nll) and with that of row
-    b - 1 (nll_other; `UserLLM.forward(user_shift=1)`), prompt and answer unchanged.
+    b - 1 (nll_other; `UserLLM.decode_with_memory` on the rolled memory), prompt and
+    answer unchanged.
     The loss is softplus(-margin), margin = log p(answer | own user) - log p(answer |
     other user), over rows whose neighbour is a real example of another user. The
     answer prior cancels in the margin, so this trains exactly what the LM loss
     leaves to a few thousand examples: that the user side moves the answer
     (benchmarks/stage2_shuffle.py measures the same difference at test time).
     """
-    if self.mode == 'text_prompt':
-      raise ValueError('config.train.user_contrast needs a user side (cross_attention or '
-                       'soft_prompt); the text prompt reads its history as text.')
     b = batch['example_mask'].shape[0]
     per_row = lambda x: jax.ops.segment_sum((x * w).ravel(), rows.ravel(), num_segments=b)
     margin = per_row(nll_other) - per_row(nll)  # log p(own) - log p(other), per row.

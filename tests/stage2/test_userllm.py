@@ -283,7 +283,7 @@ def test_popularity_negatives_follow_training_counts(tiny_movielens, tmp_path, s
 @pytest.mark.parametrize('arg', ['contrast=1.0', 'contrast=1.0,mode=soft_prompt'])
 def test_user_contrast_scores_each_answer_with_another_users_history(tiny_movielens, tmp_path,
                                                                     stage1_workdir, arg):
-  """config.train.user_contrast: the shifted pass is the decoder with row b - 1's user
+  """config.train.user_contrast: the second pass is the decoder with row b - 1's user
   side; with the gates closed (cross-attention at init) the user side changes nothing,
   so the margin is 0 and the term log 2; once they open it is not."""
   cfg = _config(tiny_movielens, tmp_path, stage1_workdir, arg)
@@ -293,12 +293,14 @@ def test_user_contrast_scores_each_answer_with_another_users_history(tiny_moviel
   batch = next(iter(exp.dataset('train', 'next_item', batch_size=4, seed=0)))
   assert len(set(batch['user'].tolist())) > 1
   feats = {f: batch[f] for f in exp.encoder_inputs}
-  fwd = lambda p, f, m, shift=0: exp.model.apply(
-      {'params': p}, f, m, batch['tokens'], user_shift=shift, method='forward').logits
+  apply = lambda *a, **k: exp.model.apply({'params': params}, *a, **k)
+  memory = apply(feats, batch['mask'], method='user_memory')
   rolled = {f: np.roll(v, 1, axis=0) for f, v in feats.items()}
-  np.testing.assert_allclose(fwd(params, feats, batch['mask'], shift=1),
-                             fwd(params, rolled, np.roll(batch['mask'], 1, axis=0)),
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+      apply(*(jnp.roll(x, 1, axis=0) for x in memory), batch['tokens'],
+            method='decode_with_memory').logits,
+      apply(rolled, np.roll(batch['mask'], 1, axis=0), batch['tokens'], method='forward').logits,
+      rtol=1e-5, atol=1e-5)
   lm_cfg = exp.config.train.user_contrast
   loss, aux = exp.loss_fn(params, batch, jax.random.PRNGKey(1))
   if 'soft_prompt' not in arg:  # Closed gates: Gemma alone.

@@ -137,8 +137,7 @@ class UserLLM(nn.Module):
     return self.decoder(tokens, layer_hook=hook,
                         hook_layers=tuple(self.xattn_layers) if hook else (), **decoder_kwargs)
 
-  def forward(self, features, mask, tokens, input_mask=None, logits_at=None, logits_rows=None,
-              user_shift: int = 0):
+  def forward(self, features, mask, tokens, input_mask=None, logits_at=None, logits_rows=None):
     """Training/eval forward: user side then decoder.
 
     Args:
@@ -148,15 +147,19 @@ class UserLLM(nn.Module):
         prompt's prefix is accounted for here); None = every position, prefix
         included.
       logits_rows: int[B, A] batch row of each `logits_at` (default: its own).
-      user_shift: row b reads the user side of row b - user_shift (cyclically): the
-        counterfactual of the user-contrastive loss (UserLLMExperiment.loss_fn).
     """
-    at = dict(logits_at=logits_at, logits_rows=logits_rows)
     if self.mode == 'text_prompt':
-      return self(tokens, input_mask=input_mask, **at)
+      return self(tokens, input_mask=input_mask, logits_at=logits_at, logits_rows=logits_rows)
     memory, memory_mask = self.user_memory(features, mask)
-    if user_shift:
-      memory, memory_mask = (jnp.roll(x, user_shift, axis=0) for x in (memory, memory_mask))
+    return self.decode_with_memory(memory, memory_mask, tokens, input_mask, logits_at,
+                                   logits_rows)
+
+  def decode_with_memory(self, memory, memory_mask, tokens, input_mask=None, logits_at=None,
+                         logits_rows=None):
+    """The decoder reading a given user side (`user_memory`'s memory float[B, S, D],
+    memory_mask bool[B, S]); other arguments as `forward`. The user-contrastive loss
+    calls it twice on one memory: the batch's own and its rows rolled."""
+    at = dict(logits_at=logits_at, logits_rows=logits_rows)
     if self.mode == 'soft_prompt':
       if logits_at is not None:
         at['logits_at'] = logits_at + memory.shape[1]
