@@ -58,6 +58,17 @@ ROWS = {
         'mode=cross_attention,strategy=proj,random_encoder,'
         'encoder=workdirs/stage1/standard/ar_early_future_s0',
         'cross-attention, Proj, random frozen encoder'),
+    # + item alignment with stage 1's item read-out in the memory (config arg align=,
+    # weight 1.0 and its settings chosen a priori, session 18): Gemma is taught to name
+    # any catalogue item from its embedding, so the tied head's next-item vector can be
+    # read as titles that no next-item example taught.
+    'xattn_future_align': (
+        'mode=cross_attention,align=1.0,encoder=workdirs/stage1/standard/ar_early_future_s0',
+        'cross-attention, Enc, stage-1 encoder (seen-item bias + 5-event horizon), + item read-out and alignment'),
+    'xattn_future_random_enc_align': (
+        'mode=cross_attention,random_encoder,align=1.0,'
+        'encoder=workdirs/stage1/standard/ar_early_future_s0',
+        'cross-attention, random encoder, Enc, + item read-out and alignment'),
     'text_prompt_zeroshot': ('mode=text_prompt,strategy=enc', 'text prompt, frozen Gemma (nothing to train)'),
     'soft': ('mode=soft_prompt', 'soft prompt, Enc'),
     'text_prompt_lora': ('mode=text_prompt,strategy=lora', 'text prompt, LoRA, FLOPs of cross-attention'),

@@ -11,6 +11,8 @@ Variants (arg string after ':', comma separated):
   mode=cross_attention|soft_prompt|text_prompt   latents=16 (Perceiver; 0 = none)
   strategy=enc|lora|full|proj   random_encoder   steps=N
   contrast=1.0 (weight of the user-contrastive loss term; 0 = LM loss only)
+  align=1.0 (weight of item alignment, with the stage-1 item read-out in the memory;
+    0 = neither: the paper's memory and loss)
   encoder=DIR (the stage-1 workdir to load; default below)
   history_len=50 (history events before each target; 200 needs a stage-1 run at 200)
   model=Gemma3_270M|Gemma3_1B|Gemma3_4B|Gemma3_12B (larger ones: the official Orbax
@@ -69,7 +71,7 @@ def get_config(arg: str | None = None, dataset: str = 'movielens') -> ml_collect
   """Returns the stage-2 config of `dataset`; see the module docstring for `arg`."""
   a = common.parse_arg(arg, mode='cross_attention', latents=0, strategy='enc',
                        random_encoder=False, history_len=50, steps=0, runlocal=False,
-                       model='Gemma3_270M', encoder='', contrast=0.0,
+                       model='Gemma3_270M', encoder='', contrast=0.0, align=0.0,
                        **common.DATA_FILE_ARGS)
   if a.model not in GEMMAS:
     raise ValueError(f'Unknown model={a.model!r}; known: {sorted(GEMMAS)}')
@@ -125,6 +127,9 @@ def get_config(arg: str | None = None, dataset: str = 'movielens') -> ml_collect
   # 'standard'; it shares the vocabularies of stage 2's full-window data).
   c.userllm.encoder_workdir = a.encoder or encoder_workdir(dataset, a.history_len)
   c.userllm.random_encoder = a.random_encoder  # Ablation: its architecture, fresh weights.
+  # Every event's memory also gets item_projection(item_proj(h)), stage 1's tied item
+  # head (loaded with the encoder) mapped to Gemma's width (UserLLM.item_readout).
+  c.userllm.item_readout = a.align > 0
 
   c.train = ml_collections.ConfigDict()
   c.train.seed = 0
@@ -149,6 +154,15 @@ def get_config(arg: str | None = None, dataset: str = 'movielens') -> ml_collect
   # likelier with its own user's history than with another's in the batch; one more
   # decoder pass per step. 0 = the paper's language-modelling loss alone.
   c.train.user_contrast = a.contrast
+  # Item alignment (UserLLMExperiment._item_alignment): each step also asks the
+  # next-item question of `item_alignment_batch` catalogue items whose memory is their
+  # own embedding alone, so Gemma learns to name what an item vector points at for
+  # titles no next-item example taught. Items drawn ~ training count ** power. Chosen a
+  # priori (session 18), not tuned on test: weight 1, 4 items per step, power 0.5.
+  c.train.item_alignment = a.align
+  c.train.item_alignment_batch = 4
+  c.train.item_alignment_power = 0.5
+  c.train.item_alignment_answer_tokens = 20  # Title + EOS (95% of MovieLens titles fit).
   c.train.init_checkpoint = ''
   c.train.log_every = 10
   c.train.ckpt_every = 100

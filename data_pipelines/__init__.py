@@ -16,6 +16,7 @@ from data_pipelines._io import MissingInput
 from data_pipelines._io import ReadLog
 from data_pipelines._io import sha256_file
 from data_pipelines._pipeline import Example
+from data_pipelines._pipeline import item_examples
 from data_pipelines._pipeline import make_dataset
 from data_pipelines._pipeline import process_rows
 from data_pipelines._prepare import Catalogue

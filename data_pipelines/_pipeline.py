@@ -25,6 +25,7 @@ import numpy as np
 
 from data_pipelines import _records, _tasks, _timelines
 from data_pipelines._prepare import Prepared
+from data_pipelines._vocab import NUM_RESERVED
 from data_pipelines.tokenizer import ByteTokenizer, Tokenizer
 
 _COL = {c: i for i, c in enumerate(_timelines.COLUMNS)}
@@ -155,6 +156,30 @@ class Example:
                       self.max_answer)
     out['target'] = np.int32(target)
     return out
+
+
+def item_examples(prepared: Prepared, tokenizer: Tokenizer, max_prompt_tokens: int,
+                  max_answer_tokens: int) -> dict[str, np.ndarray]:
+  """The next-item example of every item id, with no history: [BOS] question name [EOS].
+
+  Stage 2's item alignment (`config.train.item_alignment`) teaches Gemma to name an
+  item from its embedding alone with these; the question is next_item's, so the answer
+  format is the one the task asks for. Rows 0/1 (pad, OOV) are all padding.
+
+  Returns:
+    tokens int32[V, L], answer_pos int32[V, A], answer_mask bool[V, A] (`_tasks.pack`,
+    V = the item vocabulary, L = max_prompt_tokens + A, A = max_answer_tokens).
+  """
+  names = prepared.catalogue.names
+  prompt = tokenizer.encode(_tasks.question('next_item', prepared.nouns, ''))
+  rows = [_tasks.pack(prompt, tokenizer.encode(name), tokenizer.bos_id, tokenizer.eos_id,
+                      tokenizer.pad_id, max_prompt_tokens, max_answer_tokens)
+          for name in names[NUM_RESERVED:]]
+  out = {k: np.stack([r[k] for r in rows]) for k in ('tokens', 'answer_pos', 'answer_mask')}
+  pad = {k: np.zeros((NUM_RESERVED,) + v.shape[1:], v.dtype) for k, v in out.items()}
+  pad['tokens'][:] = tokenizer.pad_id
+  pad['answer_pos'][:] = 1
+  return {k: np.concatenate([pad[k], out[k]]) for k in out}
 
 
 def make_dataset(prepared: Prepared, split: str, task: str, *, batch_size: int,

@@ -50,7 +50,7 @@ STRATEGY_FREEZE = {
     'full': [],
     'lora': [r'decoder/(?!.*lora/).*'],
     'enc': [r'decoder/.*'],
-    'proj': [r'decoder/.*', r'user_encoder/.*'],
+    'proj': [r'decoder/.*', r'user_encoder/.*', r'item_proj/.*'],
 }
 
 
@@ -129,9 +129,36 @@ class UserLLMExperiment(experiment_lib.Experiment):
         xattn_layers=xattn_layers(uc, self.decoder_config.num_layers),
         num_latents=uc.num_latents, perceiver_depth=uc.perceiver_depth,
         lora_rank=uc.lora_rank if uc.strategy == 'lora' else 0,
-        remat_blocks=config.llm.get('remat_blocks', False))
+        remat_blocks=config.llm.get('remat_blocks', False),
+        item_readout=uc.get('item_readout', False))
     self.length = config.data.max_prompt_tokens + config.data.max_answer_tokens
+    self._alignment = self._alignment_examples()
     return self
+
+  def _alignment_examples(self) -> dict[str, np.ndarray] | None:
+    """Item alignment's table (`data_pipelines.item_examples`, trimmed to its longest
+    row) and its draw weights, or None when `config.train.item_alignment` is 0."""
+    import data_pipelines  # pylint: disable=g-import-not-at-top
+    tc = self.config.train
+    if not tc.get('item_alignment', 0.0):
+      return None
+    if not self.model.item_readout:
+      raise ValueError('config.train.item_alignment needs config.userllm.item_readout=True '
+                       '(the item memory it trains is read through item_projection).')
+    table = data_pipelines.item_examples(
+        self.prepared, self.tokenizer, self.config.data.max_prompt_tokens,
+        tc.get('item_alignment_answer_tokens', self.config.data.max_answer_tokens))
+    real = table['tokens'] != self.tokenizer.pad_id
+    length = min(real.shape[1], -(-int(real.sum(1).max()) // 8) * 8)
+    table['tokens'] = table['tokens'][:, :length]
+    table['answer_pos'] = np.minimum(table['answer_pos'], length - 1)  # Padding slots only.
+    # Items drawn in proportion to (training count) ** power: items never seen in
+    # training (an untrained embedding) are never drawn; power < 1 reaches past the
+    # most popular ones, which next-item examples already teach.
+    counts = self.prepared.item_counts.astype(np.float64)
+    w = np.where(counts > 0, counts, 0.0) ** tc.get('item_alignment_power', 0.5)
+    table['p'] = (w / w.sum()).astype(np.float32)
+    return table
 
   def _encoder(self) -> ue.UserEncoder:
     """The stage-1 run's encoder, built from its own config.json (weights: load_pretrained)."""
@@ -209,13 +236,19 @@ class UserLLMExperiment(experiment_lib.Experiment):
             f'its config.json over this run\'s data vocabularies: first mismatch at '
             f'user_encoder/{bad}. Train stage 1 on the same data (path, features).')
       params['user_encoder'] = enc
+      if self.model.item_readout:  # Stage 1's tied item head (UserEncoderLM.item_proj).
+        try:
+          params['item_proj'] = checkpointing.load_params(uc.encoder_workdir, subtree='item_proj')
+        except KeyError as e:
+          raise ValueError(
+              f'config.userllm.item_readout needs the tied item head of stage 1 '
+              f'(model.tie_item_head=True); {uc.encoder_workdir} has no item_proj.') from e
     # Loaded arrays take the dtype and sharding the trainer gave the fresh params.
     return jax.tree.map(lambda new, old: jax.device_put(jnp.asarray(new, old.dtype), old.sharding),
                         params, init)
 
   # ---------------------------------------------------------------- training
   def loss_fn(self, params, batch, rng):
-    del rng
     # Targets at (answer_row, answer_pos) (answer + EOS tokens, [B, A]; the row
     # defaults to the own row, data_pipelines.trim_batch packs them densely), each
     # predicted from the position before it. Logits are computed only there: the
@@ -254,7 +287,36 @@ class UserLLMExperiment(experiment_lib.Experiment):
       contrast, margin = self._user_contrast(nll, answer_nll(other)[0], w, rows, batch)
       loss = loss + weight * contrast
       aux.update(user_contrast=contrast, user_margin=margin)
+    if self._alignment is not None:
+      align = self._item_alignment(params, rng)
+      loss = loss + self.config.train.item_alignment * align
+      aux['item_alignment'] = align
     return loss, aux
+
+  def _item_alignment(self, params, rng):
+    """Mean answer NLL of `config.train.item_alignment_batch` items, each named from its
+    own embedding alone (`UserLLM.item_memory`) in reply to the next-item question.
+
+    Why: Gemma sees ~2,000 next-item answers in a benchmark row, so it can only name
+    titles it was taught; the encoder's knowledge is keyed by item ids
+    (benchmarks/stage2_findings.md). With item_readout the memory of every event holds
+    item_projection(item_proj(h)), the vector stage 1's tied head scores items with;
+    teaching item_projection -> title over the whole catalogue lets that vector be
+    read as the titles it points at. Items are drawn with the step's rng (resumable).
+    """
+    t = self._alignment
+    k = self.config.train.get('item_alignment_batch', self.config.train.batch_size)
+    items = jax.random.choice(rng, len(t['p']), (k,), p=jnp.asarray(t['p']))
+    tokens = jnp.asarray(t['tokens'])[items]
+    pos, mask = jnp.asarray(t['answer_pos'])[items], jnp.asarray(t['answer_mask'])[items]
+    apply = functools.partial(self.model.apply, {'params': params})
+    memory = apply(items, method='item_memory')
+    out = apply(*memory, tokens, tokens != self.tokenizer.pad_id, pos - 1,
+                method='decode_with_memory')
+    nll, _ = metrics_lib.nll_and_top1(out.logits.astype(jnp.float32),
+                                      jnp.take_along_axis(tokens, pos, axis=1))
+    w = mask.astype(jnp.float32)
+    return jnp.sum(nll * w) / jnp.maximum(jnp.sum(w), 1.0)
 
   def _user_contrast(self, nll, nll_other, w, rows, batch):
     """(loss, mean margin): each answer should be likelier with its own user's history.

@@ -1,5 +1,7 @@
 """Stage 2 end to end on a tiny Gemma and a tiny MovieLens: train, eval, resume, generate."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -323,3 +325,61 @@ def test_user_contrast_scores_each_answer_with_another_users_history(tiny_moviel
   text_batch = next(iter(text.dataset('train', 'next_item', batch_size=2, seed=0)))
   with pytest.raises(ValueError, match='user_contrast needs a user side'):
     text.loss_fn(text_params, text_batch, jax.random.PRNGKey(1))
+
+
+def test_item_alignment_names_items_from_their_embedding(tiny_movielens, tmp_path,
+                                                         stage1_workdir):
+  """align=W: the memory adds stage 1's item read-out (its tied head, loaded with the
+  encoder); each step also scores the next-item answer of catalogue items whose memory
+  is their own embedding, drawn by the step's rng among items seen in training."""
+  import data_pipelines
+  from user_llm import checkpointing
+  cfg = _config(tiny_movielens, tmp_path, stage1_workdir, 'align=1.0')
+  assert cfg.userllm.item_readout and cfg.train.item_alignment == 1.0
+  exp = _exp(cfg)
+  params = exp.load_pretrained(exp.init_params(jax.random.PRNGKey(0)))
+  want = checkpointing.load_params(str(stage1_workdir), subtree='item_proj')
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(a == b)), params['item_proj'], want))
+  apply = lambda *a, **k: exp.model.apply({'params': params}, *a, **k)
+
+  # The table: [BOS] next-item question, the item's name, EOS; pad/OOV rows empty.
+  table = exp._alignment
+  names = exp.prepared.catalogue.names
+  x = int(np.argmax(table['p']))
+  assert table['p'][:data_pipelines.NUM_RESERVED].sum() == 0
+  assert np.all(table['p'][exp.prepared.item_counts == 0] == 0)
+  answer = table['tokens'][x][table['answer_pos'][x][table['answer_mask'][x]]]
+  assert exp.tokenizer.decode(answer[:-1].tolist()) == names[x]
+  assert answer[-1] == exp.tokenizer.eos_id
+
+  # Memory: projection(h) + item_projection(item_proj(h)); an item's: its embedding.
+  batch = next(iter(exp.dataset('train', 'next_item', batch_size=4, seed=0)))
+  feats = {f: batch[f] for f in exp.encoder_inputs}
+  memory, _ = apply(feats, batch['mask'], method='user_memory')
+  h = apply(feats, batch['mask'], method=lambda m, f, k: m.user_encoder(f, k))
+  dense = lambda p, v: v @ p['kernel'] + p['bias']
+  np.testing.assert_allclose(
+      memory, dense(params['projection'], h)
+      + dense(params['item_projection'], dense(params['item_proj'], h)), rtol=1e-4, atol=1e-5)
+  item_mem, item_mask = apply(jnp.array([x, 2]), method='item_memory')
+  assert item_mem.shape == (2, 1, exp.decoder_config.embed_dim) and item_mask.all()
+  emb = params['user_encoder']['embed_item']['embedding'][x]
+  np.testing.assert_allclose(item_mem[0, 0], dense(params['item_projection'], emb), rtol=1e-5)
+
+  # The loss: LM loss + weight * alignment, deterministic given the step's rng.
+  loss, aux = exp.loss_fn(params, batch, jax.random.PRNGKey(1))
+  again, _ = exp.loss_fn(params, batch, jax.random.PRNGKey(1))
+  assert float(loss) == float(again) and np.isfinite(float(aux['item_alignment']))
+  align, exp._alignment = exp._alignment, None
+  lm_loss, lm_aux = exp.loss_fn(params, batch, jax.random.PRNGKey(1))
+  exp._alignment = align
+  assert 'item_alignment' not in lm_aux
+  np.testing.assert_allclose(loss, lm_loss + aux['item_alignment'], rtol=1e-6)
+
+  # Strategy Proj freezes stage 1's head with the encoder; alignment needs the read-out.
+  assert any(re.fullmatch(r, 'item_proj/kernel') for r in exp.freeze_rules) is False
+  from user_llm import userllm
+  assert any(re.fullmatch(r, 'item_proj/kernel') for r in userllm.freeze_rules('proj'))
+  cfg.userllm.item_readout = False
+  with pytest.raises(ValueError, match='item_alignment needs config.userllm.item_readout'):
+    _exp(cfg)

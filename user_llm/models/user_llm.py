@@ -3,6 +3,8 @@
 Param tree (sibling scopes, so loading and freezing are path regexes):
   user_encoder/    the stage-1 encoder (`UserEncoder`), loaded from a stage-1 workdir
   projection/      Dense from encoder width to Gemma width
+  item_proj/       (item_readout) stage 1's tied item head, encoder width -> E_item
+  item_projection/ (item_readout) Dense from E_item to Gemma width
   resampler/       optional Perceiver (R latents)
   cross_attention/ gated blocks `layer_{i}` run before decoder layer i
   decoder/         exactly `gm.nn.Gemma3_*`'s tree (+ `lora` leaves with LoRA)
@@ -50,6 +52,11 @@ class UserLLM(nn.Module):
     perceiver_depth: Perceiver layers.
     lora_rank: >0 wraps the decoder in `gm.nn.LoRA` (strategy LoRA).
     remat_blocks: every decoder layer under `nn.remat` (`GemmaDecoder.remat_blocks`).
+    item_readout: each event's memory also gets item_projection(item_proj(h)): stage
+      1's tied item head maps h to the item-embedding space where it scores the next
+      items, and `item_memory` puts a catalogue item's own embedding through the same
+      item_projection, so item alignment (`config.train.item_alignment`) can teach
+      Gemma to name the item a vector points at (see `item_memory`).
   """
 
   decoder_config: gm.nn.config.TransformerConfig
@@ -60,6 +67,7 @@ class UserLLM(nn.Module):
   perceiver_depth: int = 2
   lora_rank: int = 0
   remat_blocks: bool = False
+  item_readout: bool = False
 
   def setup(self):
     if self.mode not in MODES:
@@ -72,6 +80,10 @@ class UserLLM(nn.Module):
     if self.mode == 'text_prompt':
       return
     self.projection = nn.Dense(cfg.embed_dim, name='projection')
+    if self.item_readout:
+      # Named as in the stage-1 tree (UserEncoderLM), so its weights load as they are.
+      self.item_proj = nn.Dense(self.user_encoder.embed_dims['item'], name='item_proj')
+      self.item_projection = nn.Dense(cfg.embed_dim, name='item_projection')
     if self.num_latents:
       self.resampler = xattn_lib.PerceiverResampler(
           num_latents=self.num_latents, depth=self.perceiver_depth,
@@ -108,6 +120,27 @@ class UserLLM(nn.Module):
     new events only); the Perceiver's latents read all of them.
     """
     memory = self.projection(h)
+    if self.item_readout:
+      memory = memory + self.item_projection(self.item_proj(h))
+    return self._resample(memory, mask)
+
+  def item_memory(self, items: jax.Array):
+    """The memory of single catalogue items (item alignment; needs item_readout).
+
+    Args:
+      items: int[B] item ids.
+
+    Returns:
+      memory float[B, S, D] (S = 1, or R with the Perceiver): item_projection of each
+      item's input embedding (the table stage 1's tied head scores against), and
+      memory_mask bool[B, S].
+    """
+    table = self.user_encoder.variables['params']['embed_item']['embedding']
+    memory = self.item_projection(jnp.take(table, items, axis=0))[:, None]
+    return self._resample(memory, jnp.ones(memory.shape[:2], bool))
+
+  def _resample(self, memory, mask):
+    """The Perceiver's latents over the memory, when there is one."""
     if self.num_latents:
       memory = self.resampler(memory, mask)
       mask = jnp.ones(memory.shape[:2], bool)
