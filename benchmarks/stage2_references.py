@@ -13,6 +13,11 @@ On the same test windows and the same next-item candidates as benchmarks/stage2.
       --pairs xattn_seen:xattn_random_enc,xattn_future:xattn_random_enc,xattn_future:xattn_seen \
       --encoders workdirs/stage1/standard/ar_early_seen_s0,workdirs/stage1/standard/ar_early_future_s0 \
       --out benchmarks/stage2_references_8k.md
+  python -m benchmarks.stage2_references --workroot workdirs/stage2_bench_s18 \
+      --pairs xattn_future_align:xattn_future_random_enc_align \
+      --encoders workdirs/stage1/standard/ar_early_future_s0 \
+      --coverage_rows xattn_future_align,xattn_future_random_enc_align,workdirs/stage2_bench_s16/xattn_future_L50,workdirs/stage2_bench_s16/xattn_future_random_enc_L50 \
+      --out benchmarks/stage2_references_s18.md
 """
 
 import itertools
@@ -36,6 +41,13 @@ _ENCODERS = flags.DEFINE_list(
 _HISTORY_LEN = flags.DEFINE_integer('history_len', 50, 'History events before a target.')
 _EXAMPLES = flags.DEFINE_integer('examples', 4000, 'Training examples of the rows.')
 _OUT = flags.DEFINE_string('out', 'benchmarks/stage2_references.md', 'Markdown.')
+# Rows of benchmarks/stage2.py (its flags clash with these, so not imported).
+_COVERAGE_ROWS = flags.DEFINE_list(
+    'coverage_rows', ['xattn', 'xattn_seen', 'xattn_future', 'xattn_random_enc',
+                      'xattn_future_random_enc', 'xattn_proj', 'xattn_proj_random_enc',
+                      'xattn_perceiver', 'soft', 'text_prompt_zeroshot', 'text_prompt_lora'],
+    'Rows split by whether the test item was a training answer: names under --workroot, '
+    'or row workdirs.')
 
 
 def _fmt(est) -> str:
@@ -80,7 +92,9 @@ def coverage_table(exp, refs, rows: list[str]) -> list[str]:
   users, seen, num_answers = answer_coverage(exp)
   cols = [(f"stage-1 item head ({os.path.basename(w)})", s1) for w, s1 in refs]
   for row in rows:
-    path = os.path.join(_WORKROOT.value, f'{row}_L{_HISTORY_LEN.value}', 'eval_examples.json')
+    workdir = row if os.path.isdir(row) else os.path.join(
+        _WORKROOT.value, f'{row}_L{_HISTORY_LEN.value}')
+    path = os.path.join(workdir, 'eval_examples.json')
     if os.path.exists(path):
       with open(path) as f:
         cols.append((row, json.load(f)['next_item']))
@@ -153,11 +167,7 @@ def main(argv):
   for pair in _PAIRS.value:
     a, b = pair.split(':')
     lines += paired(a, b)
-  # Rows of benchmarks/stage2.py (its flags clash with these, so not imported).
-  lines += coverage_table(exp, refs, ['xattn', 'xattn_seen', 'xattn_future', 'xattn_random_enc',
-                                      'xattn_future_random_enc',
-                                      'xattn_proj', 'xattn_proj_random_enc', 'xattn_perceiver',
-                                      'soft', 'text_prompt_zeroshot', 'text_prompt_lora'])
+  lines += coverage_table(exp, refs, _COVERAGE_ROWS.value)
   with open(_OUT.value, 'w') as f:
     f.write('\n'.join(lines) + '\n')
   print('\n'.join(lines))

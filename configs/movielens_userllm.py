@@ -188,6 +188,9 @@ def get_config(arg: str | None = None, dataset: str = 'movielens') -> ml_collect
   # model read the history of the user this many real rows later in its batch
   # (cyclically), prompt, candidates and answer staying the user's own; 0 = off.
   c.eval.shuffle_users = 0
+  # Diagnostic for item read-out rows (benchmarks/stage2_item_oracle.py): True makes the
+  # next-item memory the true answer's own item embedding instead of the history.
+  c.eval.target_item_memory = False
   # LoRA adapters (trained in float32) evaluated in llm.param_dtype: keeps a bf16
   # Gemma's projections and KV cache in bf16 (~1.9x faster on CPU; userllm.inference_params).
   c.eval.lora_in_param_dtype = True

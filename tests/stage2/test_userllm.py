@@ -376,6 +376,16 @@ def test_item_alignment_names_items_from_their_embedding(tiny_movielens, tmp_pat
   assert 'item_alignment' not in lm_aux
   np.testing.assert_allclose(loss, lm_loss + aux['item_alignment'], rtol=1e-6)
 
+  # Diagnostic evaluation: the memory is the true next item's own embedding.
+  from user_llm.evaluators import common
+  exp.config.eval.target_item_memory = True
+  test = next(common.eval_batches(exp, 'next_item'))
+  _, user = common.llm_inputs(exp, params, test)
+  assert user['memory_mask'].shape == (len(test['target']), 1)
+  want = apply(apply(jnp.asarray(test['target']), method='item_memory')[0], method='memory_kv')
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.allclose(a, b)), user['memory_kv'], want))
+  exp.config.eval.target_item_memory = False
+
   # Strategy Proj freezes stage 1's head with the encoder; alignment needs the read-out.
   assert any(re.fullmatch(r, 'item_proj/kernel') for r in exp.freeze_rules) is False
   from user_llm import userllm

@@ -74,6 +74,12 @@ def llm_inputs(exp, params, batch) -> tuple[np.ndarray, dict]:
     if p:
       prompts[r, -p:] = batch['tokens'][r, :p]
   prompts[~keep, -1] = exp.tokenizer.bos_id  # Padding rows: a harmless prompt.
+  if exp.config.eval.get('target_item_memory', False):
+    # Diagnostic (item read-out rows): the memory is the true answer's own item
+    # embedding (`UserLLM.item_memory`), what item alignment taught Gemma to name.
+    memory = exp.model.apply({'params': params}, jnp.asarray(batch['target']),
+                             method='item_memory')
+    return prompts, ul.inputs_from_memory(exp.model, params, *memory)
   rows = np.arange(len(keep))
   shift = exp.config.eval.get('shuffle_users', 0)
   if shift:  # Counterfactual: another real user's history (config.eval.shuffle_users).

@@ -1,0 +1,53 @@
+r"""What item alignment taught: next item named from the answer's own embedding.
+
+Rows trained with item read-out + alignment (`benchmarks/stage2.py --rows
+xattn_future_align,...`, config arg align=) are re-scored on the same test users and
+candidates with the memory replaced by the TRUE next item's own item embedding
+(`config.eval.target_item_memory`, `UserLLM.item_memory`): what Gemma can name when
+the read-out points exactly at the answer. Far above the history's score, it says the
+alignment was learnt and what is lost is between stage 1's next-item vector and an
+item's embedding; near it, that the lookup itself was not learnt.
+
+  python -m benchmarks.stage2_item_oracle \
+      --workdirs workdirs/stage2_bench_s18/xattn_future_align_L50,workdirs/stage2_bench_s18/xattn_future_random_enc_align_L50
+"""
+
+import json
+import os
+
+from absl import app
+from absl import flags
+import numpy as np
+
+_WORKDIRS = flags.DEFINE_list('workdirs', [], 'Trained item read-out rows to re-score.')
+_NEGATIVES = flags.DEFINE_list('negatives', ['uniform', 'popularity'], 'Protocols.')
+_OUT = flags.DEFINE_string('out', 'benchmarks/stage2_item_oracle.md', 'Markdown table.')
+
+
+def main(argv):
+  del argv
+  from benchmarks import stage2_lib  # pylint: disable=g-import-not-at-top
+  from user_llm import stats  # pylint: disable=g-import-not-at-top
+  lines = ['# Stage 2: next item named from the true answer\'s item embedding\n',
+           'Command: `python -m benchmarks.stage2_item_oracle` (module docstring). Each row '
+           'scored on all test users and the same 20 candidates as its benchmark score, with '
+           'the memory from the history (the row\'s own eval_examples / '
+           '`stage2_negatives.json`) and from the true next item\'s embedding alone.\n',
+           '| row | negatives | memory | R@1 | R@5 | R@10 | eval s |', '|---|---|---|---|---|---|---|']
+  fmt = lambda e: f'{e.mean:.3f} [{e.lo:.3f}, {e.hi:.3f}]'
+  for workdir in _WORKDIRS.value:
+    for negatives in _NEGATIVES.value:
+      cols, seconds = stage2_lib.reevaluate(workdir, tasks=('next_item',), negatives=negatives,
+                                            target_item_memory=True)
+      ex = cols['next_item']
+      cells = ' | '.join(fmt(stats.bootstrap(np.asarray(ex[f'recall@{k}']), ex['user']))
+                         for k in (1, 5, 10))
+      lines.append(f'| {os.path.basename(workdir)} | {negatives} | true item | {cells} | '
+                   f'{seconds:.0f} |')
+      print(lines[-1], flush=True)
+  with open(_OUT.value, 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+
+
+if __name__ == '__main__':
+  app.run(main)
