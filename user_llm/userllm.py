@@ -62,14 +62,6 @@ def freeze_rules(strategy: str, extra=()) -> list:
   return STRATEGY_FREEZE[strategy] + list(extra)
 
 
-def readout_name(value) -> str:
-  """config.userllm.item_readout; True/False, as runs of commit 328f077 wrote it, read
-  as 'query'/''."""
-  if isinstance(value, bool):
-    return 'query' if value else ''
-  return value or ''
-
-
 def decoder_config(llm_cfg) -> gm.nn.config.TransformerConfig:
   """`config.llm.model`: a `gm.nn` class name, or 'module:function' returning a config
   (e.g. the tests' `configs.testing:tiny_gemma_for_bytes`)."""
@@ -138,7 +130,7 @@ class UserLLMExperiment(experiment_lib.Experiment):
         num_latents=uc.num_latents, perceiver_depth=uc.perceiver_depth,
         lora_rank=uc.lora_rank if uc.strategy == 'lora' else 0,
         remat_blocks=config.llm.get('remat_blocks', False),
-        item_readout=readout_name(uc.get('item_readout', '')))
+        item_readout=uc.get('item_readout', '') or '')
     self.length = config.data.max_prompt_tokens + config.data.max_answer_tokens
     self._alignment = self._alignment_examples()
     return self
