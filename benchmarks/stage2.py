@@ -69,17 +69,6 @@ ROWS = {
         'mode=cross_attention,random_encoder,align=1.0,'
         'encoder=workdirs/stage1/standard/ar_early_future_s0',
         'cross-attention, random encoder, Enc, + item read-out and alignment'),
-    # The same with the head's expected next-item embedding as the read-out
-    # (readout=expected: softmax(query . E + bias) @ E, a mix of catalogue embeddings,
-    # the kind of vector alignment teaches Gemma to name).
-    'xattn_future_align_expected': (
-        'mode=cross_attention,align=1.0,readout=expected,'
-        'encoder=workdirs/stage1/standard/ar_early_future_s0',
-        'cross-attention, Enc, stage-1 encoder (seen-item bias + 5-event horizon), + expected-item read-out and alignment'),
-    'xattn_future_random_enc_align_expected': (
-        'mode=cross_attention,random_encoder,align=1.0,readout=expected,'
-        'encoder=workdirs/stage1/standard/ar_early_future_s0',
-        'cross-attention, random encoder, Enc, + expected-item read-out and alignment'),
     'text_prompt_zeroshot': ('mode=text_prompt,strategy=enc', 'text prompt, frozen Gemma (nothing to train)'),
     'soft': ('mode=soft_prompt', 'soft prompt, Enc'),
     'text_prompt_lora': ('mode=text_prompt,strategy=lora', 'text prompt, LoRA, FLOPs of cross-attention'),

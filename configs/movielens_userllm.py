@@ -12,8 +12,7 @@ Variants (arg string after ':', comma separated):
   strategy=enc|lora|full|proj   random_encoder   steps=N
   contrast=1.0 (weight of the user-contrastive loss term; 0 = LM loss only)
   align=1.0 (weight of item alignment, with the stage-1 item read-out in the memory;
-    0 = neither: the paper's memory and loss)   readout=query|expected (which read-out;
-    default query when align > 0)
+    0 = neither: the paper's memory and loss)
   encoder=DIR (the stage-1 workdir to load; default below)
   history_len=50 (history events before each target; 200 needs a stage-1 run at 200)
   model=Gemma3_270M|Gemma3_1B|Gemma3_4B|Gemma3_12B (larger ones: the official Orbax
@@ -73,7 +72,6 @@ def get_config(arg: str | None = None, dataset: str = 'movielens') -> ml_collect
   a = common.parse_arg(arg, mode='cross_attention', latents=0, strategy='enc',
                        random_encoder=False, history_len=50, steps=0, runlocal=False,
                        model='Gemma3_270M', encoder='', contrast=0.0, align=0.0,
-                       readout='',
                        **common.DATA_FILE_ARGS)
   if a.model not in GEMMAS:
     raise ValueError(f'Unknown model={a.model!r}; known: {sorted(GEMMAS)}')
@@ -129,10 +127,9 @@ def get_config(arg: str | None = None, dataset: str = 'movielens') -> ml_collect
   # 'standard'; it shares the vocabularies of stage 2's full-window data).
   c.userllm.encoder_workdir = a.encoder or encoder_workdir(dataset, a.history_len)
   c.userllm.random_encoder = a.random_encoder  # Ablation: its architecture, fresh weights.
-  # Every event's memory also gets stage 1's tied item head (loaded with the encoder)
-  # read out and mapped to Gemma's width: 'query' its query vector, 'expected' the item
-  # embedding it expects next; '' = off (UserLLM.item_readout).
-  c.userllm.item_readout = a.readout or ('query' if a.align > 0 else '')
+  # Every event's memory also gets item_projection(item_proj(h)), stage 1's tied item
+  # head (loaded with the encoder) mapped to Gemma's width (UserLLM.item_readout).
+  c.userllm.item_readout = a.align > 0
 
   c.train = ml_collections.ConfigDict()
   c.train.seed = 0

@@ -50,7 +50,7 @@ STRATEGY_FREEZE = {
     'full': [],
     'lora': [r'decoder/(?!.*lora/).*'],
     'enc': [r'decoder/.*'],
-    'proj': [r'decoder/.*', r'user_encoder/.*', r'item_proj/.*', r'item_bias'],
+    'proj': [r'decoder/.*', r'user_encoder/.*', r'item_proj/.*'],
 }
 
 
@@ -130,7 +130,7 @@ class UserLLMExperiment(experiment_lib.Experiment):
         num_latents=uc.num_latents, perceiver_depth=uc.perceiver_depth,
         lora_rank=uc.lora_rank if uc.strategy == 'lora' else 0,
         remat_blocks=config.llm.get('remat_blocks', False),
-        item_readout=uc.get('item_readout', '') or '')
+        item_readout=uc.get('item_readout', False))
     self.length = config.data.max_prompt_tokens + config.data.max_answer_tokens
     self._alignment = self._alignment_examples()
     return self
@@ -143,9 +143,8 @@ class UserLLMExperiment(experiment_lib.Experiment):
     if not tc.get('item_alignment', 0.0):
       return None
     if not self.model.item_readout:
-      raise ValueError("config.train.item_alignment needs config.userllm.item_readout ('query' "
-                       "or 'expected'): the item memory it trains is read through "
-                       'item_projection.')
+      raise ValueError('config.train.item_alignment needs config.userllm.item_readout=True '
+                       '(the item memory it trains is read through item_projection).')
     table = data_pipelines.item_examples(
         self.prepared, self.tokenizer, self.config.data.max_prompt_tokens,
         tc.get('item_alignment_answer_tokens', self.config.data.max_answer_tokens))
@@ -237,14 +236,13 @@ class UserLLMExperiment(experiment_lib.Experiment):
             f'its config.json over this run\'s data vocabularies: first mismatch at '
             f'user_encoder/{bad}. Train stage 1 on the same data (path, features).')
       params['user_encoder'] = enc
-      if self.model.readout_params:  # Stage 1's tied item head (UserEncoderLM.item_proj).
-        s1 = checkpointing.load_params(uc.encoder_workdir)
-        missing = [k for k in self.model.readout_params if k not in s1]
-        if missing:
+      if self.model.item_readout:  # Stage 1's tied item head (UserEncoderLM.item_proj).
+        try:
+          params['item_proj'] = checkpointing.load_params(uc.encoder_workdir, subtree='item_proj')
+        except KeyError as e:
           raise ValueError(
               f'config.userllm.item_readout needs the tied item head of stage 1 '
-              f'(model.tie_item_head=True); {uc.encoder_workdir} has no {missing}.')
-        params.update({k: s1[k] for k in self.model.readout_params})
+              f'(model.tie_item_head=True); {uc.encoder_workdir} has no item_proj.') from e
     # Loaded arrays take the dtype and sharding the trainer gave the fresh params.
     return jax.tree.map(lambda new, old: jax.device_put(jnp.asarray(new, old.dtype), old.sharding),
                         params, init)

@@ -327,24 +327,19 @@ def test_user_contrast_scores_each_answer_with_another_users_history(tiny_moviel
     text.loss_fn(text_params, text_batch, jax.random.PRNGKey(1))
 
 
-@pytest.mark.parametrize('readout', ['query', 'expected'])
 def test_item_alignment_names_items_from_their_embedding(tiny_movielens, tmp_path,
-                                                         stage1_workdir, readout):
+                                                         stage1_workdir):
   """align=W: the memory adds stage 1's item read-out (its tied head, loaded with the
   encoder); each step also scores the next-item answer of catalogue items whose memory
   is their own embedding, drawn by the step's rng among items seen in training."""
   import data_pipelines
   from user_llm import checkpointing
-  arg = 'align=1.0' + (',readout=expected' if readout == 'expected' else '')
-  cfg = _config(tiny_movielens, tmp_path, stage1_workdir, arg)
-  assert cfg.userllm.item_readout == readout and cfg.train.item_alignment == 1.0
+  cfg = _config(tiny_movielens, tmp_path, stage1_workdir, 'align=1.0')
+  assert cfg.userllm.item_readout and cfg.train.item_alignment == 1.0
   exp = _exp(cfg)
   params = exp.load_pretrained(exp.init_params(jax.random.PRNGKey(0)))
-  s1 = checkpointing.load_params(str(stage1_workdir))
-  loaded = ('item_proj',) + (('item_bias',) if readout == 'expected' else ())
-  assert exp.model.readout_params == loaded
-  for k in loaded:
-    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(a == b)), params[k], s1[k]))
+  want = checkpointing.load_params(str(stage1_workdir), subtree='item_proj')
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(a == b)), params['item_proj'], want))
   apply = lambda *a, **k: exp.model.apply({'params': params}, *a, **k)
 
   # The table: [BOS] next-item question, the item's name, EOS; pad/OOV rows empty.
@@ -357,20 +352,15 @@ def test_item_alignment_names_items_from_their_embedding(tiny_movielens, tmp_pat
   assert exp.tokenizer.decode(answer[:-1].tolist()) == names[x]
   assert answer[-1] == exp.tokenizer.eos_id
 
-  # Memory: projection(h) + item_projection(v), v = item_proj(h) ('query') or the
-  # head's expected item embedding ('expected'); an item's own: its embedding.
+  # Memory: projection(h) + item_projection(item_proj(h)); an item's: its embedding.
   batch = next(iter(exp.dataset('train', 'next_item', batch_size=4, seed=0)))
   feats = {f: batch[f] for f in exp.encoder_inputs}
   memory, _ = apply(feats, batch['mask'], method='user_memory')
   h = apply(feats, batch['mask'], method=lambda m, f, k: m.user_encoder(f, k))
   dense = lambda p, v: v @ p['kernel'] + p['bias']
-  v = dense(params['item_proj'], h)
-  if readout == 'expected':
-    table = params['user_encoder']['embed_item']['embedding']
-    v = jax.nn.softmax(v @ table.T + params['item_bias'], axis=-1) @ table
   np.testing.assert_allclose(
-      memory, dense(params['projection'], h) + dense(params['item_projection'], v),
-      rtol=1e-4, atol=1e-5)
+      memory, dense(params['projection'], h)
+      + dense(params['item_projection'], dense(params['item_proj'], h)), rtol=1e-4, atol=1e-5)
   item_mem, item_mask = apply(jnp.array([x, 2]), method='item_memory')
   assert item_mem.shape == (2, 1, exp.decoder_config.embed_dim) and item_mask.all()
   emb = params['user_encoder']['embed_item']['embedding'][x]
@@ -400,7 +390,6 @@ def test_item_alignment_names_items_from_their_embedding(tiny_movielens, tmp_pat
   assert any(re.fullmatch(r, 'item_proj/kernel') for r in exp.freeze_rules) is False
   from user_llm import userllm
   assert any(re.fullmatch(r, 'item_proj/kernel') for r in userllm.freeze_rules('proj'))
-  assert any(re.fullmatch(r, 'item_bias') for r in userllm.freeze_rules('proj'))
-  cfg.userllm.item_readout = ''
+  cfg.userllm.item_readout = False
   with pytest.raises(ValueError, match='item_alignment needs config.userllm.item_readout'):
     _exp(cfg)

@@ -4,7 +4,6 @@ Param tree (sibling scopes, so loading and freezing are path regexes):
   user_encoder/    the stage-1 encoder (`UserEncoder`), loaded from a stage-1 workdir
   projection/      Dense from encoder width to Gemma width
   item_proj/       (item_readout) stage 1's tied item head, encoder width -> E_item
-  item_bias        (item_readout 'expected') stage 1's per-item logit bias [V_item]
   item_projection/ (item_readout) Dense from E_item to Gemma width
   resampler/       optional Perceiver (R latents)
   cross_attention/ gated blocks `layer_{i}` run before decoder layer i
@@ -38,7 +37,6 @@ from user_llm.models import gemma as gemma_lib
 from user_llm.models import user_encoder as ue
 
 MODES = ('cross_attention', 'soft_prompt', 'text_prompt')
-READOUTS = ('query', 'expected')  # UserLLM.item_readout ('' = off).
 
 
 class UserLLM(nn.Module):
@@ -54,14 +52,11 @@ class UserLLM(nn.Module):
     perceiver_depth: Perceiver layers.
     lora_rank: >0 wraps the decoder in `gm.nn.LoRA` (strategy LoRA).
     remat_blocks: every decoder layer under `nn.remat` (`GemmaDecoder.remat_blocks`).
-    item_readout: '' (off), 'query' or 'expected': each event's memory also gets
-      item_projection(v), v in the item-embedding space where stage 1's tied head
-      scores the next items: 'query' v = item_proj(h), the head's query vector;
-      'expected' v = softmax(item_proj(h) . E + item_bias) @ E, the item embedding
-      the head expects next (a convex mix of catalogue embeddings). `item_memory`
-      puts a catalogue item's own embedding through the same item_projection, so
-      item alignment (`config.train.item_alignment`) can teach Gemma to name the
-      item a vector points at.
+    item_readout: each event's memory also gets item_projection(item_proj(h)): stage
+      1's tied item head maps h to the item-embedding space where it scores the next
+      items, and `item_memory` puts a catalogue item's own embedding through the same
+      item_projection, so item alignment (`config.train.item_alignment`) can teach
+      Gemma to name the item a vector points at (see `item_memory`).
   """
 
   decoder_config: gm.nn.config.TransformerConfig
@@ -72,7 +67,7 @@ class UserLLM(nn.Module):
   perceiver_depth: int = 2
   lora_rank: int = 0
   remat_blocks: bool = False
-  item_readout: str = ''
+  item_readout: bool = False
 
   def setup(self):
     if self.mode not in MODES:
@@ -86,13 +81,8 @@ class UserLLM(nn.Module):
       return
     self.projection = nn.Dense(cfg.embed_dim, name='projection')
     if self.item_readout:
-      if self.item_readout not in READOUTS:
-        raise ValueError(f'Unknown item_readout {self.item_readout!r}; expected {READOUTS}.')
       # Named as in the stage-1 tree (UserEncoderLM), so its weights load as they are.
       self.item_proj = nn.Dense(self.user_encoder.embed_dims['item'], name='item_proj')
-      if self.item_readout == 'expected':
-        self.item_bias = self.param('item_bias', nn.initializers.zeros,
-                                    (self.user_encoder.vocab_sizes['item'],))
       self.item_projection = nn.Dense(cfg.embed_dim, name='item_projection')
     if self.num_latents:
       self.resampler = xattn_lib.PerceiverResampler(
@@ -131,26 +121,8 @@ class UserLLM(nn.Module):
     """
     memory = self.projection(h)
     if self.item_readout:
-      memory = memory + self.item_projection(self._item_vector(h))
+      memory = memory + self.item_projection(self.item_proj(h))
     return self._resample(memory, mask)
-
-  @property
-  def readout_params(self) -> tuple[str, ...]:
-    """Top-level params loaded from the stage-1 run with the encoder."""
-    return {'': (), 'query': ('item_proj',),
-            'expected': ('item_proj', 'item_bias')}[self.item_readout]
-
-  def _item_table(self) -> jax.Array:
-    return self.user_encoder.variables['params']['embed_item']['embedding']
-
-  def _item_vector(self, h: jax.Array) -> jax.Array:
-    """float[B, U, E_item] read out of encoder outputs h float[B, U, E] (item_readout)."""
-    q = self.item_proj(h)
-    if self.item_readout == 'query':
-      return q
-    table = self._item_table()
-    p = jax.nn.softmax((q @ table.T + self.item_bias).astype(jnp.float32), axis=-1)
-    return (p @ table.astype(jnp.float32)).astype(q.dtype)
 
   def item_memory(self, items: jax.Array):
     """The memory of single catalogue items (item alignment; needs item_readout).
@@ -163,7 +135,8 @@ class UserLLM(nn.Module):
       item's input embedding (the table stage 1's tied head scores against), and
       memory_mask bool[B, S].
     """
-    memory = self.item_projection(jnp.take(self._item_table(), items, axis=0))[:, None]
+    table = self.user_encoder.variables['params']['embed_item']['embedding']
+    memory = self.item_projection(jnp.take(table, items, axis=0))[:, None]
     return self._resample(memory, jnp.ones(memory.shape[:2], bool))
 
   def _resample(self, memory, mask):
