@@ -30,9 +30,9 @@ def main(argv):
   from user_llm import stats  # pylint: disable=g-import-not-at-top
   lines = ['# Stage 2: next item named from the true answer\'s item embedding\n',
            'Command: `python -m benchmarks.stage2_item_oracle` (module docstring). Each row '
-           'scored on all test users and the same 20 candidates as its benchmark score, with '
-           'the memory from the history (the row\'s own eval_examples / '
-           '`stage2_negatives.json`) and from the true next item\'s embedding alone.\n',
+           'scored on all test users and the same 20 candidates as its own scores from the '
+           'history (`benchmarks/stage2_negatives.md`, both protocols), with the memory the '
+           'true next item\'s embedding alone. Chance R@5 0.25.\n',
            '| row | negatives | memory | R@1 | R@5 | R@10 | eval s |', '|---|---|---|---|---|---|---|']
   fmt = lambda e: f'{e.mean:.3f} [{e.lo:.3f}, {e.hi:.3f}]'
   for workdir in _WORKDIRS.value:
