@@ -35,7 +35,12 @@ def main(argv):
            'true next item\'s embedding alone. Chance R@5 0.25.\n',
            '| row | negatives | memory | R@1 | R@5 | R@10 | eval s |', '|---|---|---|---|---|---|---|']
   fmt = lambda e: f'{e.mean:.3f} [{e.lo:.3f}, {e.hi:.3f}]'
+  split = ['', '## R@5 with the true item\'s embedding, by how often alignment drew the '
+           'item in training\n',
+           '| row | power | negatives | never drawn | drawn 1-2 times | 3-9 | 10 or more |',
+           '|---|---|---|---|---|---|---|']
   for workdir in _WORKDIRS.value:
+    draws, targets, power = alignment_draws_of_targets(workdir)
     for negatives in _NEGATIVES.value:
       cols, seconds = stage2_lib.reevaluate(workdir, tasks=('next_item',), negatives=negatives,
                                             target_item_memory=True)
@@ -45,8 +50,29 @@ def main(argv):
       lines.append(f'| {os.path.basename(workdir)} | {negatives} | true item | {cells} | '
                    f'{seconds:.0f} |')
       print(lines[-1], flush=True)
+      n = draws[targets]
+      r5 = np.asarray(ex['recall@5'])
+      bins = [n == 0, (n >= 1) & (n <= 2), (n >= 3) & (n <= 9), n >= 10]
+      split.append(f'| {os.path.basename(workdir)} | {power} | {negatives} | ' + ' | '.join(
+          f'{r5[m].mean():.3f} ({int(m.sum())} users)' if m.any() else 'n/a' for m in bins)
+          + ' |')
+      print(split[-1], flush=True)
   with open(_OUT.value, 'w') as f:
-    f.write('\n'.join(lines) + '\n')
+    f.write('\n'.join(lines + split) + '\n')
+
+
+def alignment_draws_of_targets(workdir: str):
+  """(draws per item id over the run's steps, test target per evaluated example in the
+  evaluators' order, the run's item_alignment_power)."""
+  from user_llm import experiment  # pylint: disable=g-import-not-at-top
+  from user_llm import sharding  # pylint: disable=g-import-not-at-top
+  from user_llm.evaluators import common  # pylint: disable=g-import-not-at-top
+  config = experiment.read_config(os.path.join(workdir, 'config.json'))
+  exp = experiment.build(config, sharding.make_mesh(config.mesh))
+  draws = exp.alignment_draws(config.train.num_steps)
+  targets = np.concatenate([b['target'][b['example_mask']]
+                            for b in common.eval_batches(exp, 'next_item')])
+  return draws, targets, config.train.item_alignment_power
 
 
 if __name__ == '__main__':

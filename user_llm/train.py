@@ -50,6 +50,17 @@ def eval_params(state: PyTree) -> PyTree:
   return state.get('ema_params', state['params'])
 
 
+def seed_rngs(seed: int) -> tuple[jax.Array, jax.Array]:
+  """(init rng, train rng) of a run with config.train.seed = seed."""
+  init_rng, train_rng = jax.random.split(jax.random.key(seed))
+  return init_rng, train_rng
+
+
+def step_rng_of(train_rng: jax.Array, step) -> jax.Array:
+  """The rng `loss_fn` gets at `step` (replayable: userllm.alignment_draws)."""
+  return jax.random.fold_in(train_rng, step)
+
+
 def train_step(state: PyTree, batch: Mapping[str, jax.Array], rng: jax.Array, *,
                loss_fn, tx: optax.GradientTransformation,
                frozen: PyTree | None = None,
@@ -60,7 +71,7 @@ def train_step(state: PyTree, batch: Mapping[str, jax.Array], rng: jax.Array, *,
   so their weight gradients (e.g. a frozen Gemma's) are never computed or stored.
   `ema_decay` > 0 updates `state['ema_params']` (`ema_update`).
   """
-  step_rng = jax.random.fold_in(rng, state['step'])
+  step_rng = step_rng_of(rng, state['step'])
 
   def loss_of(params):
     if frozen is not None:
@@ -209,7 +220,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   mesh = sharding.make_mesh(config.mesh)
   logging.info('Mesh: %s', dict(mesh.shape))
   exp = experiment_lib.build(config, mesh)
-  init_rng, train_rng = jax.random.split(jax.random.key(tc.seed))
+  init_rng, train_rng = seed_rngs(tc.seed)
 
   setup = create_train_state(config, mesh, exp, init_rng)
   tx, state_sh, abstract_state = setup.tx, setup.state_shardings, setup.abstract_state

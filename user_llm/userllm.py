@@ -305,8 +305,7 @@ class UserLLMExperiment(experiment_lib.Experiment):
     read as the titles it points at. Items are drawn with the step's rng (resumable).
     """
     t = self._alignment
-    k = self.config.train.get('item_alignment_batch', self.config.train.batch_size)
-    items = jax.random.choice(rng, len(t['p']), (k,), p=jnp.asarray(t['p']))
+    items = self._alignment_items(rng)
     tokens = jnp.asarray(t['tokens'])[items]
     pos, mask = jnp.asarray(t['answer_pos'])[items], jnp.asarray(t['answer_mask'])[items]
     apply = functools.partial(self.model.apply, {'params': params})
@@ -317,6 +316,21 @@ class UserLLMExperiment(experiment_lib.Experiment):
                                       jnp.take_along_axis(tokens, pos, axis=1))
     w = mask.astype(jnp.float32)
     return jnp.sum(nll * w) / jnp.maximum(jnp.sum(w), 1.0)
+
+  def _alignment_items(self, rng) -> jax.Array:
+    """int[k] the item ids item alignment draws with a step's rng."""
+    k = self.config.train.get('item_alignment_batch', self.config.train.batch_size)
+    return jax.random.choice(rng, len(self._alignment['p']), (k,),
+                             p=jnp.asarray(self._alignment['p']))
+
+  def alignment_draws(self, num_steps: int) -> np.ndarray:
+    """int[V_item]: how often each item was drawn in steps 0 .. num_steps - 1 of a run
+    of this config (the trainer's rng replayed, `train.step_rng_of`)."""
+    from user_llm import train  # pylint: disable=g-import-not-at-top
+    _, rng = train.seed_rngs(self.config.train.seed)
+    draw = jax.jit(lambda s: self._alignment_items(train.step_rng_of(rng, s)))
+    items = np.concatenate([np.asarray(draw(s)) for s in range(num_steps)])
+    return np.bincount(items, minlength=len(self._alignment['p']))
 
   def _user_contrast(self, nll, nll_other, w, rows, batch):
     """(loss, mean margin): each answer should be likelier with its own user's history.

@@ -376,6 +376,15 @@ def test_item_alignment_names_items_from_their_embedding(tiny_movielens, tmp_pat
   assert 'item_alignment' not in lm_aux
   np.testing.assert_allclose(loss, lm_loss + aux['item_alignment'], rtol=1e-6)
 
+  # The draws of a run replay: the trainer's rng (key(seed) split, folded with the step).
+  draws = exp.alignment_draws(3)
+  k = cfg.train.item_alignment_batch
+  assert draws.sum() == 3 * k and np.all(table['p'][draws > 0] > 0)
+  train_rng = jax.random.split(jax.random.key(cfg.train.seed))[1]
+  want = np.concatenate([np.asarray(exp._alignment_items(jax.random.fold_in(train_rng, s)))
+                         for s in range(3)])
+  np.testing.assert_array_equal(draws, np.bincount(want, minlength=len(table['p'])))
+
   # Diagnostic evaluation: the memory is the true next item's own embedding.
   from user_llm.evaluators import common
   exp.config.eval.target_item_memory = True
