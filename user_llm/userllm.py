@@ -303,6 +303,8 @@ class UserLLMExperiment(experiment_lib.Experiment):
     item_projection(item_proj(h)), the vector stage 1's tied head scores items with;
     teaching item_projection -> title over the whole catalogue lets that vector be
     read as the titles it points at. Items are drawn with the step's rng (resumable).
+    Measured (benchmarks/stage2_findings.md, session 18): 2,000 draws, each title seen
+    about once, teach Gemma the titles' text, not the lookup (`stage2_item_oracle`).
     """
     t = self._alignment
     items = self._alignment_items(rng)
