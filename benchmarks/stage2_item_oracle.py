@@ -12,7 +12,7 @@ item's embedding; near it, that the lookup itself was not learnt.
       --workdirs workdirs/stage2_bench_s18/xattn_future_align_L50,workdirs/stage2_bench_s18/xattn_future_random_enc_align_L50
 """
 
-import json
+import itertools
 import os
 
 from absl import app
@@ -21,6 +21,8 @@ import numpy as np
 
 _WORKDIRS = flags.DEFINE_list('workdirs', [], 'Trained item read-out rows to re-score.')
 _NEGATIVES = flags.DEFINE_list('negatives', ['uniform', 'popularity'], 'Protocols.')
+_MEMORIES = flags.DEFINE_list('memories', ['true_item'], "'true_item' and/or 'history' "
+                               '(the control: the same split of the row\'s own scores).')
 _OUT = flags.DEFINE_string('out', 'benchmarks/stage2_item_oracle.md', 'Markdown table.')
 
 
@@ -37,23 +39,23 @@ def main(argv):
   fmt = lambda e: f'{e.mean:.3f} [{e.lo:.3f}, {e.hi:.3f}]'
   split = ['', '## R@5 with the true item\'s embedding, by how often alignment drew the '
            'item in training\n',
-           '| row | power | negatives | never drawn | drawn 1-2 times | 3-9 | 10 or more |',
-           '|---|---|---|---|---|---|---|']
+           '| row | power | negatives | memory | never drawn | drawn 1-2 times | 3-9 | 10 or more |',
+           '|---|---|---|---|---|---|---|---|']
   for workdir in _WORKDIRS.value:
     draws, targets, power = alignment_draws_of_targets(workdir)
-    for negatives in _NEGATIVES.value:
+    for negatives, memory in itertools.product(_NEGATIVES.value, _MEMORIES.value):
       cols, seconds = stage2_lib.reevaluate(workdir, tasks=('next_item',), negatives=negatives,
-                                            target_item_memory=True)
+                                            target_item_memory=memory == 'true_item')
       ex = cols['next_item']
       cells = ' | '.join(fmt(stats.bootstrap(np.asarray(ex[f'recall@{k}']), ex['user']))
                          for k in (1, 5, 10))
-      lines.append(f'| {os.path.basename(workdir)} | {negatives} | true item | {cells} | '
+      lines.append(f'| {os.path.basename(workdir)} | {negatives} | {memory} | {cells} | '
                    f'{seconds:.0f} |')
       print(lines[-1], flush=True)
       n = draws[targets]
       r5 = np.asarray(ex['recall@5'])
       bins = [n == 0, (n >= 1) & (n <= 2), (n >= 3) & (n <= 9), n >= 10]
-      split.append(f'| {os.path.basename(workdir)} | {power} | {negatives} | ' + ' | '.join(
+      split.append(f'| {os.path.basename(workdir)} | {power} | {negatives} | {memory} | ' + ' | '.join(
           f'{r5[m].mean():.3f} ({int(m.sum())} users)' if m.any() else 'n/a' for m in bins)
           + ' |')
       print(split[-1], flush=True)
