@@ -393,6 +393,9 @@ def test_item_alignment_names_items_from_their_embedding(tiny_movielens, tmp_pat
   assert user['memory_mask'].shape == (len(test['target']), 1)
   want = apply(apply(jnp.asarray(test['target']), method='item_memory')[0], method='memory_kv')
   assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.allclose(a, b)), user['memory_kv'], want))
+  from user_llm.evaluators import candidates
+  with pytest.raises(ValueError, match='evaluate next_item only'):
+    candidates.CandidateRanking(exp, 'fav_genre')  # Its targets are genre ids.
   exp.config.eval.target_item_memory = False
 
   # Strategy Proj freezes stage 1's head with the encoder; alignment needs the read-out.

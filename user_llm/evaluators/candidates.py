@@ -71,6 +71,9 @@ class CandidateRanking:
     """Args: exp: a set-up `UserLLMExperiment`; task: one of TASKS."""
     if task not in TASKS:
       raise ValueError(f'CandidateRanking scores {TASKS}, not {task!r}.')
+    if task == 'fav_genre' and exp.config.eval.get('target_item_memory', False):
+      raise ValueError('config.eval.target_item_memory reads each target as an item id: '
+                       "evaluate next_item only (config.eval.tasks=('next_item',)).")
     self.exp, self.task = exp, task
     self.ks = (1,) if task == 'fav_genre' else tuple(exp.config.eval.ks)
     self.weights = negative_weights(exp) if task == 'next_item' else None
