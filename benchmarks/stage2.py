@@ -69,6 +69,17 @@ ROWS = {
         'mode=cross_attention,random_encoder,align=1.0,'
         'encoder=workdirs/stage1/standard/ar_early_future_s0',
         'cross-attention, random encoder, Enc, + item read-out and alignment'),
+    # Five test targets per user (each user's last 5 events, each with the 50 before it;
+    # ~5x the targets of the rows above, so narrower intervals over the same users), with
+    # the stage-1 default trained on the split that held those events out (protocol
+    # multi_target), and its random twin (session 19).
+    'xattn_future_mt': (
+        'mode=cross_attention,test_events=5,encoder=workdirs/stage1/multi_target/ar_early_future_s0',
+        'cross-attention, Enc, stage-1 encoder (protocol multi_target), 5 test targets per user'),
+    'xattn_future_mt_random_enc': (
+        'mode=cross_attention,random_encoder,test_events=5,'
+        'encoder=workdirs/stage1/multi_target/ar_early_future_s0',
+        'cross-attention, random encoder, Enc, 5 test targets per user'),
     'text_prompt_zeroshot': ('mode=text_prompt,strategy=enc', 'text prompt, frozen Gemma (nothing to train)'),
     'soft': ('mode=soft_prompt', 'soft prompt, Enc'),
     'text_prompt_lora': ('mode=text_prompt,strategy=lora', 'text prompt, LoRA, FLOPs of cross-attention'),
@@ -90,6 +101,7 @@ _EVAL_BATCHES = flags.DEFINE_integer('eval_batches', -1, 'Test batches of 4 user
 _BUDGET_ROW = flags.DEFINE_string('budget_row', 'xattn', 'Row whose training FLOPs the LoRA row gets.')
 _CANDIDATES = flags.DEFINE_integer('num_candidates', 20, 'Next-item candidates.')
 _HISTORY_LEN = flags.DEFINE_integer('history_len', 50, 'History events before a target.')
+_EVAL_TASKS = flags.DEFINE_list('eval_tasks', [], 'Tasks to score; empty = every trained task.')
 _LORA_STEPS = flags.DEFINE_integer(
     'lora_steps', 0, 'Schedule length of the equal-compute text + LoRA row (its budget ends '
     'it); 0 = estimated from the prompt length.')
@@ -123,6 +135,8 @@ def run_row(name: str) -> dict:
   cfg.train.ckpt_every = max(steps, 1)
   cfg.eval.max_batches = _EVAL_BATCHES.value
   cfg.eval.num_candidates = _CANDIDATES.value
+  if _EVAL_TASKS.value:
+    cfg.eval.tasks = tuple(_EVAL_TASKS.value)
   workdir = os.path.join(_WORKROOT.value, f'{name}_L{_HISTORY_LEN.value}')
   # The code this process imports now: a commit made while the row runs is not it.
   commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True,
@@ -201,11 +215,17 @@ def _ci(r: dict, key: str) -> str:
   return f'{r[key]:.3f}' + (f' [{lo:.3f}, {hi:.3f}]' if lo is not None else '')
 
 
+def _targets(r: dict) -> str:
+  """'targets / users' of the next-item task (rows before session 19: one per user)."""
+  n = r.get('next_item/examples')
+  return 'n/a' if n is None else f"{n:.0f} / {r.get('next_item/users', n):.0f}"
+
+
 def table(rows: list[dict]) -> str:
   # A rerun of a row (same name and history_len) replaces it.
   rows = list({(r['row'], _history_len(r)): r for r in rows}.values())
   head = ('| row | history_len | examples | fav-genre R@1 | next-item R@1 | next-item R@5 | '
-          'next-item R@10 | test users | LLM tokens / example | train GFLOP | train s | '
+          'next-item R@10 | test targets / users | LLM tokens / example | train GFLOP | train s | '
           'peak RSS GB | commit |\n|' + '---|' * 13 + '\n')
   out = []
   for r in rows:
@@ -213,7 +233,7 @@ def table(rows: list[dict]) -> str:
         f"| {r['desc']} | {_history_len(r)} | {r.get('examples', 0)} | "
         f"{_ci(r, 'fav_genre/recall@1')} | "
         f"{_ci(r, 'next_item/recall@1')} | {_ci(r, 'next_item/recall@5')} | "
-        f"{_ci(r, 'next_item/recall@10')} | {r.get('next_item/examples', 'n/a')} | "
+        f"{_ci(r, 'next_item/recall@10')} | {_targets(r)} | "
         f"{r['llm_tokens']:.0f} | {r.get('train_gflop', 0):.0f} | {r['train_wall_s']:.0f} | "
         f"{r['peak_rss_gb']:.2f} | {r.get('commit', '?')} |")
   return head + '\n'.join(out) + '\n'
@@ -232,7 +252,7 @@ def main(argv):
     cmd = [sys.executable, '-m', 'benchmarks.stage2', f'--one_row={name}'] + [
         f'--{f.name}={f.value}' for f in (_EXAMPLES, _BATCH, _EVAL_BATCHES, _CANDIDATES,
                                           _HISTORY_LEN, _WORKROOT, _JSONL, _BUDGET_ROW,
-                                          _LORA_STEPS)]
+                                          _LORA_STEPS)] + [f'--eval_tasks={",".join(_EVAL_TASKS.value)}']
     print(f'== {name}: {" ".join(cmd)}', flush=True)
     # The row's log (steps/s, ETA, eval) streams to this stderr.
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)

@@ -32,6 +32,8 @@ _REFERENCES = flags.DEFINE_bool('references', True, 'Score the non-LLM reference
 _ZEROSHOT = flags.DEFINE_bool('zeroshot', False, 'Score the frozen Gemma reading the text '
                               'history (nothing to train) with popularity-sampled negatives.')
 _HISTORY_LEN = flags.DEFINE_integer('history_len', 50, 'History events (references).')
+_TEST_EVENTS = flags.DEFINE_integer('test_events', 1, 'Test targets per user (references; '
+                                    'the rows\' own come from their configs).')
 _PAIRS = flags.DEFINE_list('pairs', [], 'a:b row keys of --json: paired differences.')
 _JSON = flags.DEFINE_string('json', 'benchmarks/stage2_negatives.json', 'Per-example results.')
 _OUT = flags.DEFINE_string('out', 'benchmarks/stage2_negatives.md', 'Markdown tables.')
@@ -70,14 +72,16 @@ def score_zeroshot(history_len: int) -> dict:
           'popularity': _lists(popular['next_item'])}
 
 
-def score_references(encoders: list[str], history_len: int) -> dict[str, dict]:
+def score_references(encoders: list[str], history_len: int,
+                     test_events: int = 1) -> dict[str, dict]:
   """Popularity and each stage-1 item head, hits under both protocols."""
   from benchmarks import stage2_lib  # pylint: disable=g-import-not-at-top
   from configs import movielens_userllm  # pylint: disable=g-import-not-at-top
   from user_llm import experiment  # pylint: disable=g-import-not-at-top
   from user_llm import sharding  # pylint: disable=g-import-not-at-top
   # The experiment needs some stage-1 run for its encoder architecture (not its weights).
-  cfg = movielens_userllm.get_config(f'history_len={history_len},encoder={encoders[0]}')
+  cfg = movielens_userllm.get_config(
+      f'history_len={history_len},test_events={test_events},encoder={encoders[0]}')
   cfg.eval.max_batches = -1
   exp = experiment.build(cfg, sharding.make_mesh(cfg.mesh))
   scorers = {'popularity (training counts)': stage2_lib.popularity_scores(exp),
@@ -99,10 +103,11 @@ def tables(results: dict, pairs: list[str]) -> list[str]:
   fmt = lambda e: f'{e.mean:.3f} [{e.lo:.3f}, {e.hi:.3f}]'
   est = lambda cols, m: stats.bootstrap(np.asarray(cols[m], np.float64), np.asarray(cols['user']))
   head = ' | '.join(f'{p} R@{m[7:]}' for p in PROTOCOLS for m in METRICS)
-  lines = ['| row | ' + head + ' | test users |', '|---|' + '---|' * (2 * len(METRICS) + 1)]
+  lines = ['| row | ' + head + ' | test targets / users |', '|---|' + '---|' * (2 * len(METRICS) + 1)]
   for row, r in sorted(results.items(), key=lambda kv: not kv[0].startswith('reference')):
     cells = [fmt(est(r[p], m)) if r[p] else 'n/a' for p in PROTOCOLS for m in METRICS]
-    lines.append(f"| {row} | {' | '.join(cells)} | {len(r['popularity']['user'])} |")
+    users = r['popularity']['user']
+    lines.append(f"| {row} | {' | '.join(cells)} | {len(users)} / {len(set(users))} |")
   if pairs:
     lines += ['', 'Paired differences (per test user, same candidates; 95% bootstrap CI):', '',
               '| rows | protocol | R@1 | R@5 | R@10 |', '|---|---|---|---|---|']
@@ -125,7 +130,7 @@ def main(argv):
   from benchmarks import stage2_lib  # pylint: disable=g-import-not-at-top
   results = stage2_lib.load_results(_JSON.value)
   if _REFERENCES.value:
-    results.update(score_references(_ENCODERS.value, _HISTORY_LEN.value))
+    results.update(score_references(_ENCODERS.value, _HISTORY_LEN.value, _TEST_EVENTS.value))
   if _ZEROSHOT.value:
     # Keys name rows in --pairs (a comma-separated list): no commas.
     results[f'zeroshot/text_prompt_L{_HISTORY_LEN.value} (frozen Gemma)'] = (
@@ -140,7 +145,8 @@ def main(argv):
     json.dump(results, f)
   lines = ['# Stage 2: next item with uniform vs popularity-sampled negatives', '',
            'Command: `python -m benchmarks.stage2_negatives` (flags: module docstring). Each',
-           'test user (373 at 50 events) ranks its true next item among 19 negatives drawn',
+           'test target (one per user, 373 users at 50 events, unless the table says more) ranks',
+           'its true next item among 19 negatives drawn',
            'uniformly from the catalogue (the protocol of benchmarks/stage2.py) or in',
            'proportion to their training counts (`config.eval.negatives=popularity`); rows are',
            'the trained stage-2 workdirs, re-scored without retraining; references score the',

@@ -15,6 +15,8 @@ Variants (arg string after ':', comma separated):
     0 = neither: the paper's memory and loss)
   encoder=DIR (the stage-1 workdir to load; default below)
   history_len=50 (history events before each target; 200 needs a stage-1 run at 200)
+  test_events=1 (test targets per user: its last k events, one window each; k > 1 needs
+    a stage-1 encoder whose split held the same events out, e.g. protocol multi_target)
   model=Gemma3_270M|Gemma3_1B|Gemma3_4B|Gemma3_12B (larger ones: the official Orbax
     checkpoints of gm.ckpts, FSDP over every device, remat; docs/scaling.md sizes them)
   runlocal (a few steps on CPU; tests shrink it further with configs/testing.py)
@@ -71,7 +73,7 @@ def get_config(arg: str | None = None, dataset: str = 'movielens') -> ml_collect
   """Returns the stage-2 config of `dataset`; see the module docstring for `arg`."""
   a = common.parse_arg(arg, mode='cross_attention', latents=0, strategy='enc',
                        random_encoder=False, history_len=50, steps=0, runlocal=False,
-                       model='Gemma3_270M', encoder='', contrast=0.0, align=0.0,
+                       model='Gemma3_270M', encoder='', contrast=0.0, align=0.0, test_events=1,
                        **common.DATA_FILE_ARGS)
   if a.model not in GEMMAS:
     raise ValueError(f'Unknown model={a.model!r}; known: {sorted(GEMMAS)}')
@@ -90,6 +92,9 @@ def get_config(arg: str | None = None, dataset: str = 'movielens') -> ml_collect
   c.data = data_pipelines.default_data_config(dataset)
   common.set_data_files(c.data, a)
   c.data.history_len = a.history_len  # History events U before a target (paper: 50, 200).
+  # Test targets per user (its last k events): 5 gives ~5x the next-item targets of the
+  # one-per-user protocol, so intervals over users narrow (benchmarks/stage2.py rows *_mt).
+  c.data.test_events = a.test_events
   c.data.max_answer_tokens = ANSWER_TOKENS[dataset]  # Answer + EOS.
   # Prompt budget: the task question, or the question plus the serialised history
   # (data_pipelines/_tasks.py) for the text prompt.
