@@ -96,6 +96,15 @@ def nll_and_top1(logits: Array, targets: Array) -> tuple[Array, Array]:
   return nll, hit
 
 
+def weighted_mean(x: Array, w: Array) -> Array:
+  """sum(x * w) / sum(w) over every element, 0 when nothing is weighted.
+
+  The mean of a per-position loss or hit over the real (w > 0) positions of a padded
+  batch; w may also weight them (e.g. 0/1 answer masks, fractional future targets).
+  """
+  return jnp.sum(x * w) / jnp.maximum(jnp.sum(w), 1.0)
+
+
 def accuracy(logits: Array, labels: Array) -> Array:
   """Per-example top-1 accuracy: float32 [...] for logits [..., V], labels [...]."""
   return (logits.argmax(-1) == labels).astype(jnp.float32)

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from user_llm import experiment as experiment_lib
+from user_llm import metrics as metrics_lib
 from user_llm.evaluators import catalogue
 from user_llm.models import baselines
 from user_llm.models import gemma as gemma_lib
@@ -187,7 +188,7 @@ class PretrainExperiment(experiment_lib.Experiment):
       logits = self.model.apply({'params': params}, ())
       w = w * (tgt['item'] > 0)
       ce = jax.nn.logsumexp(logits) - logits[tgt['item']]
-      loss = (ce * w).sum() / jnp.maximum(w.sum(), 1.0)
+      loss = metrics_lib.weighted_mean(ce, w)
       return loss, {'loss_item': loss}
     if self.model_name == 'dual':
       k = self.config.model.loss_last_k or w.shape[1]
@@ -209,8 +210,8 @@ class PretrainExperiment(experiment_lib.Experiment):
     same = (ids[:, None] == ids[None, :]) & ~jnp.eye(ids.shape[0], dtype=bool)
     logits = jnp.where(same | (wf[None, :] == 0), gemma_lib.NEG_INF, logits)
     ce = -jnp.diagonal(jax.nn.log_softmax(logits, axis=-1))
-    loss = (ce * wf).sum() / jnp.maximum(wf.sum(), 1.0)
-    acc = ((logits.argmax(-1) == jnp.arange(ids.shape[0])) * wf).sum() / jnp.maximum(wf.sum(), 1.0)
+    loss = metrics_lib.weighted_mean(ce, wf)
+    acc = metrics_lib.weighted_mean(logits.argmax(-1) == jnp.arange(ids.shape[0]), wf)
     return loss, {'loss_item': loss, 'inbatch_acc': acc}
 
   def _bert4rec_loss(self, params, item, mask, rng):

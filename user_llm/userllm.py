@@ -280,8 +280,7 @@ class UserLLMExperiment(experiment_lib.Experiment):
       out = decode(memory)
       other = decode(tuple(jnp.roll(x, 1, axis=0) for x in memory))
     nll, top = answer_nll(out)
-    loss = jnp.sum(nll * w) / jnp.maximum(jnp.sum(w), 1.0)
-    acc = jnp.sum(top * w) / jnp.maximum(jnp.sum(w), 1.0)
+    loss, acc = metrics_lib.weighted_mean(nll, w), metrics_lib.weighted_mean(top, w)
     aux = {'token_accuracy': acc, **gate_values(params)}
     if weight:
       contrast, margin = self._user_contrast(nll, answer_nll(other)[0], w, rows, batch)
@@ -316,8 +315,7 @@ class UserLLMExperiment(experiment_lib.Experiment):
                 method='decode_with_memory')
     nll, _ = metrics_lib.nll_and_top1(out.logits.astype(jnp.float32),
                                       jnp.take_along_axis(tokens, pos, axis=1))
-    w = mask.astype(jnp.float32)
-    return jnp.sum(nll * w) / jnp.maximum(jnp.sum(w), 1.0)
+    return metrics_lib.weighted_mean(nll, mask.astype(jnp.float32))
 
   def _alignment_items(self, rng) -> jax.Array:
     """int[k] the item ids item alignment draws with a step's rng."""
@@ -352,9 +350,8 @@ class UserLLMExperiment(experiment_lib.Experiment):
     ex, user = batch['example_mask'], batch['user']
     valid = (ex & jnp.roll(ex, 1) & (user != jnp.roll(user, 1))
              & (per_row(jnp.ones_like(w)) > 0)).astype(jnp.float32)
-    n = jnp.maximum(valid.sum(), 1.0)
-    return (jnp.sum(jax.nn.softplus(-margin) * valid) / n,
-            jnp.sum(margin * valid) / n)
+    return (metrics_lib.weighted_mean(jax.nn.softplus(-margin), valid),
+            metrics_lib.weighted_mean(margin, valid))
 
   def dataset(self, split, task, batch_size, seed, **kw):
     """This process's batches of `task` on `split` (data_pipelines.make_dataset)."""

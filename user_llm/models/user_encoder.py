@@ -243,6 +243,11 @@ class UserEncoder(nn.Module):
       return tuple(f'tower_{f}' for f in sorted(self.vocab_sizes))
     return ('transformer',)
 
+  def item_table(self) -> Array:
+    """[V_item, E_item]: the item embedding table (what a tied item head scores
+    against); the module must be bound, its params initialised."""
+    return self.variables['params']['embed_item']['embedding']
+
   @nn.compact
   def __call__(self, features: Mapping[str, Array], mask: Array, train: bool = False,
                cache: Mapping[str, Mapping[str, Array]] | None = None):
@@ -476,7 +481,7 @@ class UserEncoderLM(nn.Module):
     hk = h if last_k is None else h[:, -last_k:]
     logits = self.heads(hk)
     if self.tie_item_head:
-      table = self.user_encoder.variables['params']['embed_item']['embedding']
+      table = self.user_encoder.item_table()
       if self.item_side:
         table = table + self._side_table()
       logits['item'] = (jnp.einsum('BUE,VE->BUV', self.item_proj(hk), table.astype(hk.dtype))
@@ -546,7 +551,7 @@ def next_event_loss(logits: Mapping[str, Array], targets: Mapping[str, Array],
     loss_f = (ce * w).sum() / denom
     total = total + loss_f
     metrics[f'loss_{f}'] = loss_f
-    metrics[f'acc_{f}'] = (hit * w).sum() / jnp.maximum(w.sum(), 1.0)
+    metrics[f'acc_{f}'] = metrics_lib.weighted_mean(hit, w)
   return total, metrics
 
 
@@ -578,4 +583,4 @@ def future_item_loss(item_logits: Array, items: Array, mask: Array, last_k: int,
   logits = item_logits.astype(jnp.float32)
   # One logsumexp per position serves all H-1 targets (no [H-1, B, K, V] copy).
   nll = jax.nn.logsumexp(logits, -1)[..., None] - jnp.take_along_axis(logits, tgt, -1)
-  return (nll * w).sum() / jnp.maximum(w.sum(), 1.0)
+  return metrics_lib.weighted_mean(nll, w)

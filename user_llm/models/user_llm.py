@@ -135,7 +135,7 @@ class UserLLM(nn.Module):
       item's input embedding (the table stage 1's tied head scores against), and
       memory_mask bool[B, S].
     """
-    table = self.user_encoder.variables['params']['embed_item']['embedding']
+    table = self.user_encoder.item_table()
     memory = self.item_projection(jnp.take(table, items, axis=0))[:, None]
     return self._resample(memory, jnp.ones(memory.shape[:2], bool))
 
