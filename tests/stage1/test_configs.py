@@ -66,6 +66,9 @@ def test_userllm_variants_build():
   assert long.data.max_prompt_tokens >= 22 * 200  # ~22 Gemma tokens per event.
   other = movielens_userllm.get_config('encoder=/runs/stage1_seen,history_len=200')
   assert other.userllm.encoder_workdir == '/runs/stage1_seen'  # encoder= wins.
+  # k test targets per user (the stage-2 multi-target rows); one by default.
+  assert movielens_userllm.get_config('').data.test_events == 1
+  assert movielens_userllm.get_config('test_events=5').data.test_events == 5
   with pytest.raises(ValueError, match='strategy'):
     movielens_userllm.get_config('strategy=enc,stratgy=full')
 
