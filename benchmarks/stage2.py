@@ -80,6 +80,28 @@ ROWS = {
         'mode=cross_attention,random_encoder,test_events=5,'
         'encoder=workdirs/stage1/multi_target/ar_early_future_s0',
         'cross-attention, random encoder, Enc, 5 test targets per user'),
+    # The encoder fine-tuned at 0.1x the lr of the new parts (config arg enc_lr, factor
+    # chosen a priori, session 20), first on a model-selection split that never reads a
+    # test target (*_sel: each user's last 5 events dropped, the 5 before them the
+    # targets, stage-1 protocol selection_multi), then on the *_mt test targets.
+    'xattn_sel_enclr': (
+        'mode=cross_attention,enc_lr=0.1,drop_last=5,test_events=5,'
+        'encoder=workdirs/stage1/selection_multi/ar_early_future_s0',
+        'cross-attention, Enc, encoder lr 0.1x, stage-1 encoder (protocol selection_multi), '
+        'SELECTION targets (last 5 events dropped, the 5 before them)'),
+    'xattn_sel_enclr_random_enc': (
+        'mode=cross_attention,random_encoder,enc_lr=0.1,drop_last=5,test_events=5,'
+        'encoder=workdirs/stage1/selection_multi/ar_early_future_s0',
+        'cross-attention, random encoder, Enc, encoder lr 0.1x, SELECTION targets'),
+    'xattn_future_mt_enclr': (
+        'mode=cross_attention,enc_lr=0.1,test_events=5,'
+        'encoder=workdirs/stage1/multi_target/ar_early_future_s0',
+        'cross-attention, Enc, encoder lr 0.1x, stage-1 encoder (protocol multi_target), '
+        '5 test targets per user'),
+    'xattn_future_mt_enclr_random_enc': (
+        'mode=cross_attention,random_encoder,enc_lr=0.1,test_events=5,'
+        'encoder=workdirs/stage1/multi_target/ar_early_future_s0',
+        'cross-attention, random encoder, Enc, encoder lr 0.1x, 5 test targets per user'),
     'text_prompt_zeroshot': ('mode=text_prompt,strategy=enc', 'text prompt, frozen Gemma (nothing to train)'),
     'soft': ('mode=soft_prompt', 'soft prompt, Enc'),
     'text_prompt_lora': ('mode=text_prompt,strategy=lora', 'text prompt, LoRA, FLOPs of cross-attention'),

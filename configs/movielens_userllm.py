@@ -17,6 +17,10 @@ Variants (arg string after ':', comma separated):
   history_len=50 (history events before each target; 200 needs a stage-1 run at 200)
   test_events=1 (test targets per user: its last k events, one window each; k > 1 needs
     a stage-1 encoder whose split held the same events out, e.g. protocol multi_target)
+  drop_last=0 (remove each user's last k events first: with drop_last=5,test_events=5
+    the targets are the 5 events before (b)'s test targets, a model-selection split that
+    never reads them; pairs with stage-1 protocol selection_multi)
+  enc_lr=1.0 (learning-rate factor of the user encoder's parameters, strategy enc)
   model=Gemma3_270M|Gemma3_1B|Gemma3_4B|Gemma3_12B (larger ones: the official Orbax
     checkpoints of gm.ckpts, FSDP over every device, remat; docs/scaling.md sizes them)
   runlocal (a few steps on CPU; tests shrink it further with configs/testing.py)
@@ -74,6 +78,7 @@ def get_config(arg: str | None = None, dataset: str = 'movielens') -> ml_collect
   a = common.parse_arg(arg, mode='cross_attention', latents=0, strategy='enc',
                        random_encoder=False, history_len=50, steps=0, runlocal=False,
                        model='Gemma3_270M', encoder='', contrast=0.0, align=0.0, test_events=1,
+                       drop_last=0, enc_lr=1.0,
                        **common.DATA_FILE_ARGS)
   if a.model not in GEMMAS:
     raise ValueError(f'Unknown model={a.model!r}; known: {sorted(GEMMAS)}')
@@ -95,6 +100,8 @@ def get_config(arg: str | None = None, dataset: str = 'movielens') -> ml_collect
   # Test targets per user (its last k events): 5 gives ~5x the next-item targets of the
   # one-per-user protocol, so intervals over users narrow (benchmarks/stage2.py rows *_mt).
   c.data.test_events = a.test_events
+  # Model selection without reading any test target (benchmarks/stage2.py rows *_sel).
+  c.data.drop_last_events = a.drop_last
   c.data.max_answer_tokens = ANSWER_TOKENS[dataset]  # Answer + EOS.
   # Prompt budget: the task question, or the question plus the serialised history
   # (data_pipelines/_tasks.py) for the text prompt.
@@ -154,6 +161,10 @@ def get_config(arg: str | None = None, dataset: str = 'movielens') -> ml_collect
   # Chosen a priori (not tuned on test): gates x10, so that they can open within a
   # few thousand examples.
   c.train.lr_scale = [('.*_gate', 10.0)] if a.mode == 'cross_attention' else []
+  # enc_lr < 1: the pretrained encoder fine-tuned at a fraction of the lr of the new
+  # parts (discriminative fine-tuning), so few stage-2 steps do not overwrite it.
+  if a.enc_lr != 1.0:
+    c.train.lr_scale = c.train.lr_scale + [('user_encoder/.*', float(a.enc_lr))]
   c.train.flop_budget = 0.0  # Stop once training has spent this many FLOPs (0 = off).
   # Weight of the user-contrastive term (UserLLMExperiment._user_contrast): each answer
   # likelier with its own user's history than with another's in the batch; one more

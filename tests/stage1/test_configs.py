@@ -69,6 +69,11 @@ def test_userllm_variants_build():
   # k test targets per user (the stage-2 multi-target rows); one by default.
   assert movielens_userllm.get_config('').data.test_events == 1
   assert movielens_userllm.get_config('test_events=5').data.test_events == 5
+  # The model-selection split (last 5 events dropped) and the encoder's lr factor.
+  sel = movielens_userllm.get_config('drop_last=5,test_events=5,enc_lr=0.1')
+  assert sel.data.drop_last_events == 5
+  assert sel.train.lr_scale == [('.*_gate', 10.0), ('user_encoder/.*', 0.1)]
+  assert movielens_userllm.get_config('').data.drop_last_events == 0
   with pytest.raises(ValueError, match='strategy'):
     movielens_userllm.get_config('strategy=enc,stratgy=full')
 

@@ -181,6 +181,22 @@ def test_lr_scale_multiplies_the_step_of_matching_params():
   np.testing.assert_array_equal(updates['enc']['w'], 0.0)
 
 
+def test_encoder_lr_factor_of_the_stage2_config_reaches_encoder_params_only():
+  from configs import movielens_userllm  # pylint: disable=g-import-not-at-top
+  cfg = movielens_userllm.get_config('enc_lr=0.1').train
+  cfg.warmup, cfg.min_lr_ratio = 0, 1.0  # The first step at the peak lr.
+  params = {'user_encoder': {'layer_0': {'w': jnp.ones((2, 2))}},
+            'item_projection': {'kernel': jnp.ones((2, 2))},
+            'xattn_0': {'attn_gate': jnp.zeros(())}, 'decoder': {'w': jnp.ones((2, 2))}}
+  tx = optim.make(cfg, params, freeze=[r'decoder/.*'])
+  updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+  lr = cfg.lr
+  np.testing.assert_allclose(updates['user_encoder']['layer_0']['w'], -0.1 * lr, rtol=1e-3)
+  np.testing.assert_allclose(updates['item_projection']['kernel'], -lr, rtol=1e-3)
+  np.testing.assert_allclose(updates['xattn_0']['attn_gate'], -10 * lr, rtol=1e-3)
+  np.testing.assert_array_equal(updates['decoder']['w'], 0.0)
+
+
 def test_seen_items_marks_past_window_items_only():
   items = jnp.array([[0, 5, 7, 1, 5, 9]])  # pad, 5, 7, OOV, 5 again, 9.
   mask = jnp.array([[False, True, True, True, True, True]])
