@@ -34,6 +34,11 @@ _ZEROSHOT = flags.DEFINE_bool('zeroshot', False, 'Score the frozen Gemma reading
 _HISTORY_LEN = flags.DEFINE_integer('history_len', 50, 'History events (references).')
 _TEST_EVENTS = flags.DEFINE_integer('test_events', 1, 'Test targets per user (references; '
                                     'the rows\' own come from their configs).')
+_DROP_LAST = flags.DEFINE_integer('drop_last', 0, 'Events removed from each timeline first '
+                                  '(references; the model-selection split of the *_sel rows).')
+_POPULARITY = flags.DEFINE_bool('popularity', True, 'Re-score --workdirs with popularity-sampled '
+                                'negatives (~37 min a row at 5 targets per user on one core); '
+                                'false: their own uniform scores only.')
 _PAIRS = flags.DEFINE_list('pairs', [], 'a:b row keys of --json: paired differences.')
 _JSON = flags.DEFINE_string('json', 'benchmarks/stage2_negatives.json', 'Per-example results.')
 _OUT = flags.DEFINE_string('out', 'benchmarks/stage2_negatives.md', 'Markdown tables.')
@@ -46,11 +51,14 @@ def _lists(cols: dict) -> dict[str, list]:
   return {k: np.asarray(v).tolist() for k, v in cols.items()}
 
 
-def score_row(workdir: str) -> dict:
-  """A row's next-item hits under both protocols (uniform: its own eval_examples.json)."""
+def score_row(workdir: str, popularity: bool = True) -> dict:
+  """A row's next-item hits under both protocols (uniform: its own eval_examples.json;
+  popularity-sampled: re-scored, or None when `popularity` is False)."""
   from benchmarks import stage2_lib  # pylint: disable=g-import-not-at-top
   with open(os.path.join(workdir, 'eval_examples.json')) as f:
     uniform = json.load(f)['next_item']
+  if not popularity:
+    return {'workdir': workdir, 'eval_s': 0, 'uniform': uniform, 'popularity': None}
   popular, seconds = stage2_lib.reevaluate(workdir, tasks=('next_item',),
                                            negatives='popularity')
   return {'workdir': workdir, 'eval_s': round(seconds),
@@ -73,7 +81,7 @@ def score_zeroshot(history_len: int) -> dict:
 
 
 def score_references(encoders: list[str], history_len: int,
-                     test_events: int = 1) -> dict[str, dict]:
+                     test_events: int = 1, drop_last: int = 0) -> dict[str, dict]:
   """Popularity and each stage-1 item head, hits under both protocols."""
   from benchmarks import stage2_lib  # pylint: disable=g-import-not-at-top
   from configs import movielens_userllm  # pylint: disable=g-import-not-at-top
@@ -81,7 +89,8 @@ def score_references(encoders: list[str], history_len: int,
   from user_llm import sharding  # pylint: disable=g-import-not-at-top
   # The experiment needs some stage-1 run for its encoder architecture (not its weights).
   cfg = movielens_userllm.get_config(
-      f'history_len={history_len},test_events={test_events},encoder={encoders[0]}')
+      f'history_len={history_len},test_events={test_events},drop_last={drop_last},'
+      f'encoder={encoders[0]}')
   cfg.eval.max_batches = -1
   exp = experiment.build(cfg, sharding.make_mesh(cfg.mesh))
   scorers = {'popularity (training counts)': stage2_lib.popularity_scores(exp),
@@ -106,7 +115,7 @@ def tables(results: dict, pairs: list[str]) -> list[str]:
   lines = ['| row | ' + head + ' | test targets / users |', '|---|' + '---|' * (2 * len(METRICS) + 1)]
   for row, r in sorted(results.items(), key=lambda kv: not kv[0].startswith('reference')):
     cells = [fmt(est(r[p], m)) if r[p] else 'n/a' for p in PROTOCOLS for m in METRICS]
-    users = r['popularity']['user']
+    users = next(r[p]['user'] for p in PROTOCOLS if r[p])
     lines.append(f"| {row} | {' | '.join(cells)} | {len(users)} / {len(set(users))} |")
   if pairs:
     lines += ['', 'Paired differences (per test user, same candidates; 95% bootstrap CI):', '',
@@ -130,7 +139,8 @@ def main(argv):
   from benchmarks import stage2_lib  # pylint: disable=g-import-not-at-top
   results = stage2_lib.load_results(_JSON.value)
   if _REFERENCES.value:
-    results.update(score_references(_ENCODERS.value, _HISTORY_LEN.value, _TEST_EVENTS.value))
+    results.update(score_references(_ENCODERS.value, _HISTORY_LEN.value, _TEST_EVENTS.value,
+                                    _DROP_LAST.value))
   if _ZEROSHOT.value:
     # Keys name rows in --pairs (a comma-separated list): no commas.
     results[f'zeroshot/text_prompt_L{_HISTORY_LEN.value} (frozen Gemma)'] = (
@@ -138,7 +148,7 @@ def main(argv):
     with open(_JSON.value, 'w') as f:
       json.dump(results, f)
   for wd in _WORKDIRS.value:
-    results[stage2_lib.row_key(wd)] = score_row(wd)
+    results[stage2_lib.row_key(wd)] = score_row(wd, _POPULARITY.value)
     with open(_JSON.value, 'w') as f:  # After each row: a killed run keeps the finished ones.
       json.dump(results, f)
   with open(_JSON.value, 'w') as f:
