@@ -12,6 +12,7 @@ from data_pipelines._config import default_data_config
 from data_pipelines._config import default_data_path
 from data_pipelines._io import BadInput
 from data_pipelines._io import InputError
+from data_pipelines._io import locked
 from data_pipelines._io import MissingInput
 from data_pipelines._io import ReadLog
 from data_pipelines._io import sha256_file

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import ast
 import collections
+import contextlib
 import dataclasses
+import fcntl
 import glob
 import gzip
 import hashlib
@@ -211,3 +213,14 @@ def to_seconds(t: Any) -> int:
   """
   t = int(float(t))
   return t // 1000 if t > 100_000_000_000 else t
+
+
+@contextlib.contextmanager
+def locked(path: str) -> Iterator[None]:
+  """An exclusive lock on `path` (created): one process builds a cache, others wait."""
+  with open(path, 'a') as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)

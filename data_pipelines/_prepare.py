@@ -11,10 +11,8 @@ Cache layout, in `cache_dir/<name>_L<history_len>_S<stride>_<config hash>/`:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import errno
-import fcntl
 import functools
 import glob
 import hashlib
@@ -23,7 +21,7 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Any, Iterator
+from typing import Any
 
 from absl import logging
 from array_record.python import array_record_module
@@ -261,17 +259,6 @@ def _statistics(built: _timelines.Built, log: _io.ReadLog) -> dict[str, Any]:
   }
 
 
-@contextlib.contextmanager
-def _locked(path: str) -> Iterator[None]:
-  """An exclusive lock on `path` (created): one process builds a cache, others wait."""
-  with open(path, 'a') as f:
-    fcntl.flock(f, fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _make_cache_dir(cache_dir: str) -> None:
   try:
     os.makedirs(cache_dir, exist_ok=True)
@@ -360,7 +347,7 @@ def prepare(config: ml_collections.ConfigDict) -> Prepared:
   root = cache_root(config)
   hashes = {role: _io.sha256_file(p) for role, p in sources.items() if p}
   _make_cache_dir(config.cache_dir)
-  with _locked(root + '.lock'):
+  with _io.locked(root + '.lock'):
     if _reusable(root, prep, hashes):
       logging.info('data: reusing %s', root)
     else:

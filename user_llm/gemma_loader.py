@@ -24,6 +24,7 @@ from gemma import gm
 import jax
 import jax.numpy as jnp
 
+import data_pipelines
 from user_llm import gemma_gguf
 from user_llm.models import gemma as gemma_lib
 
@@ -35,8 +36,12 @@ DEFAULT_CACHE_DIR = os.path.join(
 def converted_paths(cache_dir: str | os.PathLike) -> gemma_gguf.ConvertedGemma:
   """Converts the packaged Gemma 3 270M GGUF into cache_dir (once) and returns paths."""
   cache_dir = pathlib.Path(cache_dir).expanduser()
-  gguf_path = gemma_gguf.packaged_gguf_path(cache_dir / 'gguf')
-  return gemma_gguf.convert(gguf_path, cache_dir)
+  cache_dir.mkdir(parents=True, exist_ok=True)
+  # Processes started together (benchmark rows side by side) would write the same GGUF
+  # and params at once: one assembles and converts, the others wait, then reuse it.
+  with data_pipelines.locked(str(cache_dir / '.convert.lock')):
+    gguf_path = gemma_gguf.packaged_gguf_path(cache_dir / 'gguf')
+    return gemma_gguf.convert(gguf_path, cache_dir)
 
 
 def resolve_paths(llm_cfg: Any) -> tuple[os.PathLike, os.PathLike]:

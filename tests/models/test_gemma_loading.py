@@ -65,3 +65,39 @@ def test_round_trip_loads_same_params(tmp_path):
 def test_unknown_model_name():
   with pytest.raises(ValueError, match='Gemma3_999M'):
     gemma_lib.gemma_config('Gemma3_999M')
+
+
+_CONVERT_CHILD = '''
+import json, pathlib, sys, time
+from user_llm import gemma_gguf, gemma_loader
+log = pathlib.Path(sys.argv[2])
+def slow(name):
+  def step(*args, **kwargs):
+    with log.open('a') as f:
+      f.write(json.dumps([name, 'in', time.time()]) + chr(10))
+    time.sleep(0.5)
+    with log.open('a') as f:
+      f.write(json.dumps([name, 'out', time.time()]) + chr(10))
+    return pathlib.Path(sys.argv[1]) / name
+  return step
+gemma_gguf.packaged_gguf_path = slow('gguf')
+gemma_gguf.convert = slow('convert')
+gemma_loader.converted_paths(sys.argv[1])
+'''
+
+
+def test_processes_converting_at_once_take_turns(tmp_path):
+  """Two benchmark rows started together once wrote the same GGUF at once (the second
+  read a half-written file); assembly and conversion now run under a file lock."""
+  import json  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from user_llm import testing as ul_testing  # pylint: disable=g-import-not-at-top
+  log = tmp_path / 'log.jsonl'
+  procs = [subprocess.Popen([sys.executable, '-c', _CONVERT_CHILD, str(tmp_path / 'cache'),
+                             str(log)], env=ul_testing.launcher_env()) for _ in range(2)]
+  assert [p.wait(timeout=300) for p in procs] == [0, 0]
+  events = sorted((json.loads(l) for l in log.read_text().splitlines()), key=lambda e: e[2])
+  # Each process's gguf-in .. convert-out section ends before the other's begins.
+  assert [e[:2] for e in events] == [['gguf', 'in'], ['gguf', 'out'], ['convert', 'in'],
+                                     ['convert', 'out']] * 2
