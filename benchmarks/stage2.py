@@ -221,7 +221,8 @@ Machine: 2 CPU cores, 24 GB, no accelerator (none was lent to this session). Gem
 cross-attention blocks train; LoRA: adapters only). Every training row sees the same
 batches (seed 0, next_item and fav_genre batches mixed evenly; batch 8); text prompt +
 LoRA stops when it has spent the FLOPs of the cross-attention row. Evaluation: every
-test user (one window each; 373 users at 50 events), exact likelihood ranking;
+test user (one window each, 373 users at 50 events, unless the targets column says
+more), exact likelihood ranking;
 next item = the true item + 19 catalogue items drawn uniformly (chance R@1 0.05, R@5
 0.25, R@10 0.50); favourite genre = all 20 genre names (chance R@1 0.05). [lo, hi] =
 95% bootstrap CI over users. train s includes compilation (one executable per
@@ -304,14 +305,15 @@ def _extra() -> str:
 
 
 def write_report() -> str:
-  """Rewrites `--out` from every row in `--jsonl`; returns the table."""
+  """Rewrites `--out` from every row in `--jsonl`; returns the table. The findings and
+  the tables of the other stage-2 scripts follow it in the default `--out` only."""
   with open(_JSONL.value) as f:
     rows = [json.loads(l) for l in f if l.strip()]
   with open(_OUT.value, 'w') as f:
     f.write('# Stage 2 on ml-latest-small (real Gemma 3 270M)\n\n'
             'Command: `python -m benchmarks.stage2 --examples=4000 [--history_len=200] '
             '[--rows=...]` (`--rows=` alone rewrites this file from the .jsonl)\n' + NOTES +
-            '\n' + table(rows) + _extra())
+            '\n' + table(rows) + (_extra() if _OUT.value == _OUT.default else ''))
   return table(rows)
 
 
